@@ -1,0 +1,3 @@
+from gnosis_ocr.cli.main import main
+
+main()

@@ -1,0 +1,74 @@
+"""The error tree. Every error says what happened, why, and what to do next.
+
+    GnosisError
+    ├── ConfigError (ValueError)               a setting or argument is unusable
+    ├── CacheError                             the model cache
+    │   ├── ModelNotCachedError (FileNotFoundError)   absent or incomplete, and downloads are off
+    │   ├── CacheCorruptError                  files on disk do not match the ready-manifest
+    │   ├── CacheReadOnlyError (PermissionError)      a write was needed on a read-only cache
+    │   └── HubError (ConnectionError)         the model hub could not give what was asked
+    │       ├── RepoNotFoundError (LookupError)
+    │       └── RevisionNotFoundError (LookupError)
+    ├── PushError                              copying a snapshot to an object store failed
+    └── NetworkBlockedError (ConnectionError)  the offline guard refused a connection
+
+Third-party exceptions are wrapped once, where they enter (``raise ... from exc``). Only the edges (``cli``,
+``api``) translate these into exit codes or HTTP statuses.
+"""
+
+from __future__ import annotations
+
+
+class GnosisError(Exception):
+    """Base of every error gnosis-ocr raises on purpose.
+
+    ``hint`` is the next step for the person reading the message, kept apart so edges can show it on its own line.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message} {self.hint}"
+
+
+class ConfigError(GnosisError, ValueError):
+    """A setting or an argument cannot be used as given."""
+
+
+class CacheError(GnosisError):
+    """Something about the model cache."""
+
+
+class ModelNotCachedError(CacheError, FileNotFoundError):
+    """The model is absent or incomplete in the cache and downloads are not allowed."""
+
+
+class CacheCorruptError(CacheError):
+    """Files on disk disagree with the snapshot's ready-manifest."""
+
+
+class CacheReadOnlyError(CacheError, PermissionError):
+    """The cache would need a write but it is mounted or permissioned read-only."""
+
+
+class HubError(CacheError, ConnectionError):
+    """The model hub could not be reached or refused the request."""
+
+
+class RepoNotFoundError(HubError, LookupError):
+    """The hub does not know this repository (or the token cannot see it)."""
+
+
+class RevisionNotFoundError(HubError, LookupError):
+    """The repository exists but not this branch, tag or commit."""
+
+
+class PushError(GnosisError):
+    """A snapshot could not be copied to an object store."""
+
+
+class NetworkBlockedError(GnosisError, ConnectionError):
+    """The network guard refused a connection to a model hub in strict offline mode."""

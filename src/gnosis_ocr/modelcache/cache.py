@@ -1,0 +1,243 @@
+"""``ModelCache``: status, warm, repair and resolve for models under one cache root.
+
+``resolve`` is what engines call: it returns a local snapshot folder that is proven complete, and from then on
+the process is offline for the hub. Under ``offline`` a miss is a ModelNotCachedError naming the missing files
+and the command that fixes it; under ``auto`` a miss is warmed first; under ``refresh`` the hub is asked for a
+newer commit of the branch, which is downloaded before the branch is switched to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gnosis_ocr.errors import CacheCorruptError, HubError, ModelNotCachedError
+from gnosis_ocr.modelcache.guard import NetworkGuard
+from gnosis_ocr.modelcache.hub import HubClient, RemoteSnapshot
+from gnosis_ocr.modelcache.layout import RepoLayout, is_commit, repo_layout
+from gnosis_ocr.modelcache.manifest import Manifest
+from gnosis_ocr.modelcache.metrics import CacheMetrics
+from gnosis_ocr.modelcache.offline import go_offline
+from gnosis_ocr.modelcache.status import SnapshotReport, inspect_snapshot
+from gnosis_ocr.modelcache.warm import Progress, WarmOptions, WarmResult, warm_snapshot
+
+logger = logging.getLogger(__name__)
+
+CacheMode = Literal["auto", "offline", "refresh"]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model snapshot proven complete on local (or mounted) disk."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    path: Path
+    manifest: Manifest
+    hit: bool  # complete before this call, no download needed
+    check_seconds: float
+
+    def weight_files(self) -> list[tuple[Path, str]]:
+        """(path, sha256) of every safetensors file, for the parallel reader."""
+        return [(self.path / f.path, f.sha256) for f in self.manifest.files if f.path.endswith(".safetensors")]
+
+
+class ModelCache:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        endpoint: str,
+        token: str | None = None,
+        warm_options: WarmOptions | None = None,
+        metrics: CacheMetrics | None = None,
+        strict_offline: bool = False,
+        environ: dict[str, str] | os._Environ[str] | None = None,
+    ) -> None:
+        self.root = root
+        self.endpoint = endpoint
+        self._token = token
+        self.warm_options = warm_options or WarmOptions()
+        self.metrics = metrics or CacheMetrics()
+        self.strict_offline = strict_offline
+        self._environ = environ if environ is not None else os.environ
+        self.guard = NetworkGuard.install()
+        self.guard.watch_endpoint(endpoint)
+
+    def __repr__(self) -> str:
+        return f"ModelCache({str(self.root)!r}, endpoint={self.endpoint!r})"
+
+    def layout(self, repo_id: str) -> RepoLayout:
+        return repo_layout(self.root, repo_id)
+
+    def hub(self) -> HubClient:
+        return HubClient(self.endpoint, self._token)
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def status(
+        self,
+        repo_id: str,
+        revision: str = "main",
+        *,
+        full: bool = False,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> SnapshotReport:
+        started = time.monotonic()
+        report = inspect_snapshot(self.layout(repo_id), revision, full=full, workers=2, on_bytes=on_bytes)
+        self.metrics.observe("verify" if full else "check", time.monotonic() - started)
+        self.metrics.verifications.labels(check=report.check, result="ok" if report.complete else report.state).inc()
+        return report
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    def remote_snapshot(self, repo_id: str, revision: str) -> RemoteSnapshot:
+        return self.hub().snapshot(repo_id, revision)
+
+    def warm(
+        self,
+        repo_id: str,
+        revision: str = "main",
+        *,
+        refresh: bool = False,
+        progress: Progress | None = None,
+    ) -> WarmResult:
+        """Download what is missing. Without ``refresh``, a branch already complete locally is not looked up."""
+        layout = self.layout(repo_id)
+        if not refresh:
+            local = inspect_snapshot(layout, revision)
+            if local.complete and local.commit is not None:
+                return WarmResult(
+                    repo_id, revision, local.commit, layout.snapshot_dir(local.commit), 0, 0, 0, False, 0.0
+                )
+        remote = self.remote_snapshot(repo_id, revision)
+        return warm_snapshot(
+            layout,
+            remote,
+            revision,
+            self.hub(),
+            options=self.warm_options,
+            metrics=self.metrics,
+            progress=progress,
+        )
+
+    def repair(self, repo_id: str, revision: str = "main", *, progress: Progress | None = None) -> WarmResult:
+        """Re-hash every file and fetch again the ones that are missing or wrong."""
+        layout = self.layout(repo_id)
+        local = inspect_snapshot(layout, revision)
+        target = local.commit if local.commit is not None else revision
+        remote = self.remote_snapshot(repo_id, target)
+        return warm_snapshot(
+            layout,
+            remote,
+            revision,
+            self.hub(),
+            options=self.warm_options,
+            metrics=self.metrics,
+            progress=progress,
+            recheck=True,
+        )
+
+    # -- resolving ----------------------------------------------------------------------------------------
+
+    def resolve(
+        self,
+        repo_id: str,
+        revision: str = "main",
+        *,
+        mode: CacheMode = "auto",
+        progress: Progress | None = None,
+    ) -> ResolvedModel:
+        """A complete local snapshot of ``repo_id@revision``; afterwards the process is offline for the hub."""
+        started = time.monotonic()
+        layout = self.layout(repo_id)
+        report = inspect_snapshot(layout, revision)
+        self.metrics.observe("check", time.monotonic() - started)
+        hit = report.complete
+
+        if mode == "refresh":
+            report = self._refresh(layout, revision, report, progress)
+        elif not hit:
+            self.metrics.lookups.labels(result="miss").inc()
+            if mode == "offline":
+                raise not_cached_error(report, self.root)
+            logger.info("%s@%s: %s; warming the cache", repo_id, revision, report.summary())
+            self.warm(repo_id, revision, progress=progress)
+            report = inspect_snapshot(layout, revision)
+        if not report.complete or report.manifest is None or report.commit is None:
+            raise CacheCorruptError(
+                f"{report.summary()} even after warming.",
+                hint="Run `gnosis-ocr cache verify --full` and `gnosis-ocr cache repair`.",
+            )
+        if hit:
+            self.metrics.lookups.labels(result="hit").inc()
+        self.metrics.snapshot_bytes.labels(model=repo_id).set(report.manifest.total_size)
+        go_offline(self._environ)
+        if self.strict_offline:
+            self.guard.strict = True
+        return ResolvedModel(
+            repo_id,
+            revision,
+            report.commit,
+            layout.snapshot_dir(report.commit),
+            report.manifest,
+            hit,
+            time.monotonic() - started,
+        )
+
+    def _refresh(
+        self, layout: RepoLayout, revision: str, local: SnapshotReport, progress: Progress | None
+    ) -> SnapshotReport:
+        if is_commit(revision) and local.complete:
+            self.metrics.lookups.labels(result="hit").inc()
+            return local
+        try:
+            remote = self.remote_snapshot(layout.repo_id, revision)
+        except HubError as exc:
+            if local.complete:
+                logger.warning(
+                    "%s@%s: refresh failed (%s); serving cached commit %s",
+                    layout.repo_id,
+                    revision,
+                    exc.message,
+                    local.commit,
+                )
+                self.metrics.lookups.labels(result="hit").inc()
+                return local
+            raise
+        if remote.commit == local.commit and local.complete:
+            self.metrics.lookups.labels(result="hit").inc()
+            return local
+        self.metrics.lookups.labels(result="miss").inc()
+        warm_snapshot(
+            layout,
+            remote,
+            revision,
+            self.hub(),
+            options=self.warm_options,
+            metrics=self.metrics,
+            progress=progress,
+        )
+        return inspect_snapshot(layout, revision)
+
+
+def not_cached_error(report: SnapshotReport, root: Path) -> ModelNotCachedError:
+    rev = report.revision + (f" ({report.commit[:7]})" if report.commit and report.commit != report.revision else "")
+    if report.state == "absent":
+        what = "is not in the cache"
+    else:
+        missing = [f.path for f in report.faults]
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        what = f"is not complete: {len(missing)} problem(s) ({shown})"
+    return ModelNotCachedError(
+        f"Model {report.repo_id!r} (rev {rev}) {what} in {root}. "
+        "Network downloads are off (GNOSIS_CACHE_MODE=offline).",
+        hint=f"Run `gnosis-ocr cache warm {report.repo_id}` where the network is reachable, "
+        "or mount a bucket that `gnosis-ocr cache push` filled.",
+    )

@@ -1,0 +1,193 @@
+"""A best-effort single-writer lease: a small file with an owner and an expiry, renewed while downloading.
+
+It keeps many instances starting on an empty bucket from downloading the same bytes. It is *best effort*:
+bucket mounts have no cross-host locks, so two writers can still overlap; correctness never depends on the
+lease (every file is written under a unique temp name, renamed into place, and the manifest comes last).
+
+Creation uses ``O_CREAT | O_EXCL`` (atomic within one host and one mount), then reads the file back to
+catch a cross-host race. A lease whose expiry has passed, or whose owner is a dead process on this host, is
+stale and may be broken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from gnosis_ocr.modelcache.fsutil import atomic_write_bytes, ensure_dir, temp_path
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["acquired", "done", "timeout"]
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    owner: str
+    host: str
+    pid: int
+    acquired_at: float
+    expires_at: float
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+    def owner_dead(self) -> bool:
+        """True only when we can tell: same host and the pid is gone."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+class Lease:
+    def __init__(self, path: Path, ttl: float, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.ttl = ttl
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+        self._clock = clock
+        self._held = False
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def _info(self) -> LeaseInfo:
+        now = self._clock()
+        return LeaseInfo(self.owner, socket.gethostname(), os.getpid(), now, now + self.ttl)
+
+    def read(self) -> LeaseInfo | None:
+        try:
+            doc = json.loads(self.path.read_bytes())
+            return LeaseInfo(**doc)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):
+            # half-written by a dead writer, or garbage: treat as expired
+            return LeaseInfo("?", "?", -1, 0.0, 0.0)
+
+    def try_acquire(self) -> bool:
+        ensure_dir(self.path.parent)
+        current = self.read()
+        if current is not None:
+            if not (current.expired(self._clock()) or current.owner_dead()):
+                return False
+            self._break(current)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(json.dumps(asdict(self._info())).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        # another host may have created the same object at the same moment; the last write wins
+        check = self.read()
+        self._held = check is not None and check.owner == self.owner
+        if self._held:
+            self._start_heartbeat()
+        return self._held
+
+    def _break(self, stale: LeaseInfo) -> None:
+        """Move a stale lease aside (rename is atomic: of several breakers one wins) and delete it."""
+        logger.info("breaking stale cache lease of %s (pid %d)", stale.host, stale.pid)
+        aside = temp_path(self.path)
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            aside.unlink()
+
+    def renew(self) -> bool:
+        current = self.read()
+        if current is None or current.owner != self.owner:
+            logger.warning("cache lease %s was taken over by %s", self.path, current.owner if current else None)
+            self._held = False
+            return False
+        atomic_write_bytes(self.path, json.dumps(asdict(self._info())).encode())
+        return True
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+
+        def beat() -> None:
+            while not self._stop.wait(self.ttl / 3):
+                try:
+                    if not self.renew():
+                        return
+                except OSError as exc:  # a flaky mount must not kill the download
+                    logger.warning("could not renew cache lease %s: %s", self.path, exc)
+
+        self._heartbeat = threading.Thread(target=beat, name="cache-lease", daemon=True)
+        self._heartbeat.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+            self._heartbeat = None
+        if not self._held:
+            return
+        self._held = False
+        current = self.read()
+        if current is not None and current.owner == self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+@contextlib.contextmanager
+def writer_lease(
+    path: Path,
+    *,
+    ttl: float,
+    wait: float,
+    done: Callable[[], bool],
+    poll: float = 0.5,
+    on_wait: Callable[[LeaseInfo | None], None] | None = None,
+) -> Iterator[Outcome]:
+    """Become the writer, or wait for the current one.
+
+    Yields ``"done"`` when ``done()`` turned true while waiting (another writer finished), ``"acquired"`` when
+    this process holds the lease, or ``"timeout"`` when ``wait`` seconds passed (the caller then writes without
+    the lease: correctness does not depend on it). Every loop is bounded by ``wait``.
+    """
+    lease = Lease(path, ttl)
+    deadline = time.monotonic() + wait
+    waited = False
+    outcome: Outcome = "timeout"
+    while True:
+        if done():
+            outcome = "done"
+            break
+        if lease.try_acquire():
+            outcome = "acquired"
+            break
+        if time.monotonic() >= deadline:
+            logger.warning("cache lease %s still held after %.0f s; writing without it", path, wait)
+            break
+        if not waited and on_wait is not None:
+            on_wait(lease.read())
+        waited = True
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    try:
+        yield outcome
+    finally:
+        lease.release()

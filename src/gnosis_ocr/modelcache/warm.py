@@ -1,0 +1,265 @@
+"""Fill the cache with one commit of a model: only what is missing, crash-safe, manifest last.
+
+Order of writes, each by temp file and rename: snapshot files -> ready-manifest -> ``refs/<branch>``. A process
+killed at any point leaves either temp files (ignored by readers, removed by ``prune``) or whole files that the
+next warm re-hashes and keeps. Without the manifest nothing counts as complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gnosis_ocr.errors import CacheCorruptError, HubError, RepoNotFoundError, RevisionNotFoundError
+from gnosis_ocr.modelcache.fsutil import atomic_write_bytes, ensure_dir, temp_path
+from gnosis_ocr.modelcache.hashing import CHUNK, GitBlobHasher
+from gnosis_ocr.modelcache.hub import HubClient, RemoteFile, RemoteSnapshot
+from gnosis_ocr.modelcache.layout import RepoLayout, is_commit
+from gnosis_ocr.modelcache.lease import LeaseInfo, writer_lease
+from gnosis_ocr.modelcache.manifest import ManifestFile, new_manifest, write_manifest
+from gnosis_ocr.modelcache.metrics import CacheMetrics
+from gnosis_ocr.modelcache.status import inspect_snapshot, read_ref
+
+logger = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """What long operations report; the CLI draws it as a bar, the service as job events."""
+
+    def start(self, total_bytes: int, description: str) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+
+class NullProgress:
+    def start(self, total_bytes: int, description: str) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    repo_id: str
+    revision: str
+    commit: str
+    snapshot_dir: Path
+    downloaded_files: int
+    downloaded_bytes: int
+    reused_files: int
+    waited_for_writer: bool
+    seconds: float
+
+    @property
+    def already_complete(self) -> bool:
+        return self.downloaded_files == 0 and self.reused_files == 0 and not self.waited_for_writer
+
+
+@dataclass(frozen=True)
+class WarmOptions:
+    workers: int = 4
+    lease_ttl: float = 60.0
+    lease_wait: float = 1800.0
+
+
+def write_ref(layout: RepoLayout, revision: str, commit: str) -> None:
+    """Point a branch or tag at ``commit`` (a no-op for commit revisions, or when already there)."""
+    if is_commit(revision) or read_ref(layout, revision) == commit:
+        return
+    atomic_write_bytes(layout.ref_path(revision), commit.encode())
+
+
+def warm_snapshot(
+    layout: RepoLayout,
+    remote: RemoteSnapshot,
+    revision: str,
+    hub: HubClient,
+    *,
+    options: WarmOptions,
+    metrics: CacheMetrics,
+    progress: Progress | None = None,
+    recheck: bool = False,
+) -> WarmResult:
+    """Make ``remote`` complete on disk. ``recheck`` re-hashes existing files even when the manifest is there
+    (``repair``); otherwise a snapshot the fast check calls complete is left alone."""
+    started = time.monotonic()
+    progress = progress or NullProgress()
+
+    def complete() -> bool:
+        return inspect_snapshot(layout, remote.commit).complete
+
+    def finished(downloaded: int = 0, nbytes: int = 0, reused: int = 0, waited: bool = False) -> WarmResult:
+        write_ref(layout, revision, remote.commit)
+        return WarmResult(
+            layout.repo_id,
+            revision,
+            remote.commit,
+            layout.snapshot_dir(remote.commit),
+            downloaded,
+            nbytes,
+            reused,
+            waited,
+            time.monotonic() - started,
+        )
+
+    if not recheck and complete():
+        return finished()
+
+    wait_started: list[float] = []
+
+    def on_wait(holder: LeaseInfo | None) -> None:
+        wait_started.append(time.monotonic())
+        metrics.lease_waits.inc()
+        who = f"{holder.host} pid {holder.pid}" if holder else "another process"
+        logger.info("%s: %s is downloading; waiting for it", layout.repo_id, who)
+
+    ensure_dir(layout.meta_dir)
+    with writer_lease(
+        layout.lease_path,
+        ttl=options.lease_ttl,
+        wait=options.lease_wait,
+        done=(lambda: False) if recheck else complete,
+        on_wait=on_wait,
+    ) as outcome:
+        if wait_started:
+            metrics.lease_wait_seconds.inc(time.monotonic() - wait_started[0])
+        if outcome == "done" or (not recheck and complete()):
+            return finished(waited=True)
+
+        snapshot_dir = layout.snapshot_dir(remote.commit)
+        ensure_dir(snapshot_dir)
+        ensure_dir(layout.blobs_dir)
+        download_started = time.monotonic()
+        todo_bytes = sum(f.size for f in remote.files)
+        progress.start(todo_bytes, f"{layout.repo_id}@{remote.commit[:7]}")
+
+        fetcher = _Fetcher(layout, remote, hub, metrics, progress)
+        with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="warm") as pool:
+            results = list(pool.map(fetcher.fetch, remote.files))
+        entries = [entry for entry, _ in results]
+        downloaded = [f for (_, fetched), f in zip(results, remote.files, strict=True) if fetched]
+
+        write_manifest(layout, new_manifest(layout.repo_id, remote.commit, revision, entries))
+        metrics.observe("download", time.monotonic() - download_started)
+        nbytes = sum(f.size for f in downloaded)
+        logger.info(
+            "%s@%s: downloaded %d file(s), %d bytes; reused %d",
+            layout.repo_id,
+            remote.commit[:7],
+            len(downloaded),
+            nbytes,
+            len(entries) - len(downloaded),
+        )
+        return finished(len(downloaded), nbytes, len(entries) - len(downloaded), outcome != "acquired")
+
+
+class _Fetcher:
+    """Downloads single files into place, each hashed on the way and checked against the hub's hashes."""
+
+    def __init__(
+        self,
+        layout: RepoLayout,
+        remote: RemoteSnapshot,
+        hub: HubClient,
+        metrics: CacheMetrics,
+        progress: Progress,
+    ) -> None:
+        self.layout = layout
+        self.remote = remote
+        self.hub = hub
+        self.metrics = metrics
+        self.progress = progress
+
+    def fetch(self, rf: RemoteFile) -> tuple[ManifestFile, bool]:
+        """The manifest entry for ``rf`` and whether it had to be downloaded."""
+        dest = self.layout.file_path(self.remote.commit, rf.path)
+        reused = self._reuse(dest, rf)
+        if reused is not None:
+            self.progress.advance(rf.size)
+            return ManifestFile(rf.path, rf.size, reused), False
+        ensure_dir(dest.parent)
+        sha = self._download(dest, rf)
+        self.metrics.files_downloaded.inc()
+        return ManifestFile(rf.path, rf.size, sha), True
+
+    def _reuse(self, dest: Path, rf: RemoteFile) -> str | None:
+        """sha256 of a file already in place when it is exactly the hub's file, else None."""
+        try:
+            st = dest.lstat()
+        except FileNotFoundError:
+            return None
+        if not dest.is_file() or dest.is_symlink() or st.st_size != rf.size:
+            return None
+        sha, blob = _hash_file(dest, rf.size)
+        return sha if _matches(rf, sha, blob) else None
+
+    def _download(self, dest: Path, rf: RemoteFile) -> str:
+        tmp = temp_path(dest)
+        what = f"{self.remote.repo_id}/{rf.path}"
+        try:
+            with tmp.open("wb") as fh:
+                sha = hashlib.sha256()
+                blob = GitBlobHasher(rf.size)
+                written = 0
+                last_error: Exception | None = None
+                for _attempt in self.hub.with_retries(what):
+                    try:
+                        with self.hub.open_stream(self.remote.repo_id, self.remote.commit, rf.path, written) as chunks:
+                            for chunk in chunks:
+                                fh.write(chunk)
+                                sha.update(chunk)
+                                blob.update(chunk)
+                                written += len(chunk)
+                                self.metrics.bytes_downloaded.inc(len(chunk))
+                                self.progress.advance(len(chunk))
+                        last_error = None
+                        break
+                    except (RepoNotFoundError, RevisionNotFoundError):
+                        raise
+                    except HubError as exc:
+                        last_error = exc
+                if last_error is not None:
+                    raise last_error
+                if written != rf.size or not _matches(rf, sha.hexdigest(), blob.hexdigest()):
+                    raise CacheCorruptError(
+                        f"Downloaded {what} does not match the hub's listing ({written} bytes, expected "
+                        f"{rf.size}; hash mismatch or short read). Nothing was kept.",
+                        hint="Retry `gnosis-ocr cache warm`; if it repeats, the hub or a proxy is serving "
+                        "different bytes than it lists.",
+                    )
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return sha.hexdigest()
+
+
+def _hash_file(path: Path, size: int) -> tuple[str, str]:
+    sha = hashlib.sha256()
+    blob = GitBlobHasher(size)
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            sha.update(view[:n])
+            blob.update(view[:n])
+    return sha.hexdigest(), blob.hexdigest()
+
+
+def _matches(rf: RemoteFile, sha256: str, blob_sha1: str) -> bool:
+    if rf.sha256 is not None:
+        return rf.sha256 == sha256
+    if rf.blob_id is not None:
+        return rf.blob_id == blob_sha1
+    return True  # the hub gave no hash: size was checked, the manifest records what we got

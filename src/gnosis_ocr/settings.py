@@ -1,0 +1,98 @@
+"""The one Settings object. Only entry points build it; nothing else in gnosis-ocr reads ``os.environ``.
+
+Variables (the seed deployment's names are honoured as they are):
+
+=============================  ==========================================================================
+``MODEL_CACHE_PATH``           root of the Hugging Face style cache (``<root>/hub/models--org--name``).
+                               Falls back to ``HF_HOME``, then ``/cache/huggingface`` when ``/cache`` is
+                               mounted, then the user's cache directory.
+``MODEL_NAME``                 model repository id (default ``nanonets/Nanonets-OCR-s``).
+``GNOSIS_MODEL_REVISION``      branch, tag or commit sha to serve (default ``main``).
+``HF_ENDPOINT``                hub address (default ``https://huggingface.co``); a mirror works.
+``HF_TOKEN``                   token for gated or private repositories (never logged).
+``GNOSIS_CACHE_MODE``          ``auto`` | ``offline`` | ``refresh`` (see docs/CACHE.md).
+``GNOSIS_NETWORK_GUARD``       ``count`` (default) or ``strict``: strict refuses hub connections once
+                               the model is resolved; ``offline`` mode is always strict.
+``GNOSIS_CACHE_LEASE_TTL``     seconds a writer's lease lives without renewal (default 60).
+``GNOSIS_CACHE_LEASE_WAIT``    seconds a starter waits for another writer before downloading itself.
+``GNOSIS_CACHE_READ_WORKERS``  files read in parallel when loading weights (default 4).
+``GNOSIS_CACHE_READ_CHUNK_MIB`` size of each sequential read (default 16).
+``GNOSIS_CACHE_VERIFY_ON_LOAD`` hash weights while they are read and refuse a mismatch (default true).
+``GNOSIS_CACHE_DOWNLOAD_WORKERS`` files downloaded in parallel by ``warm`` (default 4).
+=============================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CacheMode = Literal["auto", "offline", "refresh"]
+GuardMode = Literal["count", "strict"]
+
+DEFAULT_MODEL = "nanonets/Nanonets-OCR-s"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+MOUNTED_CACHE = Path("/cache/huggingface")
+
+
+def default_cache_root(mounted: Path = MOUNTED_CACHE) -> Path:
+    """``/cache/huggingface`` when the bucket mount is there (even read-only), else the user's cache dir."""
+    if mounted.is_dir():
+        return mounted
+    parent = mounted.parent
+    if parent.is_dir() and os.access(parent, os.W_OK):
+        return mounted
+    return Path(platformdirs.user_cache_dir("gnosis-ocr")) / "huggingface"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GNOSIS_", populate_by_name=True, extra="ignore", frozen=True)
+
+    model_cache_path: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MODEL_CACHE_PATH", "GNOSIS_MODEL_CACHE_PATH", "HF_HOME"),
+    )
+    model_name: str = Field(default=DEFAULT_MODEL, validation_alias=AliasChoices("MODEL_NAME", "GNOSIS_MODEL"))
+    model_revision: str = "main"
+    hf_endpoint: str = Field(default=DEFAULT_ENDPOINT, validation_alias=AliasChoices("HF_ENDPOINT"))
+    hf_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN"))
+
+    cache_mode: CacheMode = "auto"
+    network_guard: GuardMode = "count"
+    cache_lease_ttl: float = Field(default=60.0, gt=0)
+    cache_lease_wait: float = Field(default=1800.0, ge=0)
+    cache_read_workers: int = Field(default=4, ge=1, le=64)
+    cache_read_chunk_mib: int = Field(default=16, ge=1, le=1024)
+    cache_verify_on_load: bool = True
+    cache_download_workers: int = Field(default=4, ge=1, le=64)
+
+    log_level: str = "INFO"
+
+    @field_validator("hf_endpoint")
+    @classmethod
+    def _strip_endpoint(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _fill_cache_root(self) -> Settings:
+        if self.model_cache_path is None:
+            object.__setattr__(self, "model_cache_path", default_cache_root())
+        return self
+
+    @property
+    def cache_root(self) -> Path:
+        """The resolved cache root; always set after validation."""
+        path = self.model_cache_path if self.model_cache_path is not None else default_cache_root()
+        return path.expanduser()
+
+    @property
+    def strict_offline(self) -> bool:
+        return self.cache_mode == "offline" or self.network_guard == "strict"
+
+    def token(self) -> str | None:
+        return self.hf_token.get_secret_value() if self.hf_token is not None else None
