@@ -22,7 +22,7 @@ from gnosis_ocr.modelcache.hub import HubClient, RemoteSnapshot
 from gnosis_ocr.modelcache.layout import RepoLayout, is_commit, repo_layout
 from gnosis_ocr.modelcache.manifest import Manifest
 from gnosis_ocr.modelcache.metrics import CacheMetrics
-from gnosis_ocr.modelcache.offline import go_offline
+from gnosis_ocr.modelcache.offline import go_offline, hub_online
 from gnosis_ocr.modelcache.status import SnapshotReport, inspect_snapshot
 from gnosis_ocr.modelcache.warm import Progress, WarmOptions, WarmResult, warm_snapshot
 
@@ -98,7 +98,14 @@ class ModelCache:
     # -- writing ------------------------------------------------------------------------------------------
 
     def remote_snapshot(self, repo_id: str, revision: str) -> RemoteSnapshot:
-        return self.hub().snapshot(repo_id, revision)
+        with hub_online(self._environ):
+            return self.hub().snapshot(repo_id, revision)
+
+    def _warm_snapshot(self, layout: RepoLayout, remote: RemoteSnapshot, revision: str, *,
+                       progress: Progress | None, recheck: bool = False) -> WarmResult:
+        with hub_online(self._environ):
+            return warm_snapshot(layout, remote, revision, self.hub(), options=self.warm_options,
+                                 metrics=self.metrics, progress=progress, recheck=recheck)
 
     def warm(
         self,
@@ -117,15 +124,7 @@ class ModelCache:
                     repo_id, revision, local.commit, layout.snapshot_dir(local.commit), 0, 0, 0, False, 0.0
                 )
         remote = self.remote_snapshot(repo_id, revision)
-        return warm_snapshot(
-            layout,
-            remote,
-            revision,
-            self.hub(),
-            options=self.warm_options,
-            metrics=self.metrics,
-            progress=progress,
-        )
+        return self._warm_snapshot(layout, remote, revision, progress=progress)
 
     def repair(self, repo_id: str, revision: str = "main", *, progress: Progress | None = None) -> WarmResult:
         """Re-hash every file and fetch again the ones that are missing or wrong."""
@@ -133,16 +132,7 @@ class ModelCache:
         local = inspect_snapshot(layout, revision)
         target = local.commit if local.commit is not None else revision
         remote = self.remote_snapshot(repo_id, target)
-        return warm_snapshot(
-            layout,
-            remote,
-            revision,
-            self.hub(),
-            options=self.warm_options,
-            metrics=self.metrics,
-            progress=progress,
-            recheck=True,
-        )
+        return self._warm_snapshot(layout, remote, revision, progress=progress, recheck=True)
 
     # -- resolving ----------------------------------------------------------------------------------------
 
@@ -215,15 +205,7 @@ class ModelCache:
             self.metrics.lookups.labels(result="hit").inc()
             return local
         self.metrics.lookups.labels(result="miss").inc()
-        warm_snapshot(
-            layout,
-            remote,
-            revision,
-            self.hub(),
-            options=self.warm_options,
-            metrics=self.metrics,
-            progress=progress,
-        )
+        self._warm_snapshot(layout, remote, revision, progress=progress)
         return inspect_snapshot(layout, revision)
 
 

@@ -147,4 +147,4 @@ class HubClient:
 
 
 def _body(response: Any) -> Iterator[bytes]:
-    yield from response.iter_bytes(STREAM_CHUNK)
+    yield from response.iter_bytes()  # as it arrives, so a cut connection keeps what came

@@ -7,8 +7,9 @@ warm in ``auto`` mode, the same process loads offline).
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -37,3 +38,25 @@ def is_offline(environ: MutableMapping[str, str]) -> bool:
     if constants is not None:
         return bool(constants.HF_HUB_OFFLINE)
     return environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def hub_online(environ: MutableMapping[str, str]) -> Iterator[None]:
+    """Lift huggingface_hub's offline flag for one deliberate download (warm, repair, refresh), then restore it.
+
+    The network guard is not touched: in strict mode it still refuses, which is the point of strict mode.
+    """
+    was_offline = is_offline(environ)
+    if not was_offline:
+        yield
+        return
+    saved = {var: environ.pop(var) for var in OFFLINE_VARS if var in environ}
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = False  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        environ.update(saved)
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
