@@ -49,7 +49,7 @@ def _back_online() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2.5-VL checkpoint (2 safetensors shards, tokenizer, image processor)."""
-    return tiny_model_dir(tmp_path_factory.mktemp("models"))
+    return tiny_model_dir(tmp_path_factory.getbasetemp() / "tinymodel")
 
 
 @pytest.fixture

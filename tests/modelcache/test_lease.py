@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -54,10 +55,12 @@ def test_lease_of_a_dead_process_on_this_host_is_broken_at_once(tmp_path: Path) 
     lease.release()
 
 
-def test_garbage_lease_counts_as_expired(tmp_path: Path) -> None:
+def test_half_written_lease_counts_as_held_until_a_ttl_passes(tmp_path: Path) -> None:
     path = tmp_path / "lease.json"
-    path.write_bytes(b"\x00\x00half")
+    path.write_bytes(b"")  # a writer between O_EXCL create and its write
     lease = Lease(path, ttl=30)
+    assert not lease.try_acquire()
+    os.utime(path, (time.time() - 60, time.time() - 60))  # ... or one that died there a while ago
     assert lease.try_acquire()
     lease.release()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,7 +14,10 @@ from gnosis_ocr import __version__
 from gnosis_ocr.cli.cache import cache_app
 from gnosis_ocr.cli.errors import exit_code
 from gnosis_ocr.errors import GnosisError
+from gnosis_ocr.modelcache import cache_from_settings
+from gnosis_ocr.modelcache.mounts import mount_of, writable
 from gnosis_ocr.modelcache.offline import prepare_environment
+from gnosis_ocr.settings import Settings
 
 app = typer.Typer(
     name="gnosis-ocr",
@@ -47,6 +51,44 @@ def _root(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+@app.command()
+def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False) -> None:
+    """Show the effective configuration, where the cache lives (and on what filesystem), and the model's state.
+
+    Works with no network and no GPU; the token is never printed.
+    """
+    settings = Settings()
+    cache = cache_from_settings(settings)
+    report = cache.status(settings.model_name, settings.model_revision)
+    mount = mount_of(settings.cache_root)
+    doc = {
+        "version": __version__,
+        "model": settings.model_name,
+        "revision": settings.model_revision,
+        "model_state": report.state,
+        "commit": report.commit,
+        "cache_root": str(settings.cache_root),
+        "cache_filesystem": mount.fstype if mount else None,
+        "cache_on_bucket_mount": bool(mount and mount.is_bucket),
+        "cache_writable": writable(settings.cache_root),
+        "cache_mode": settings.cache_mode,
+        "network_guard": "strict" if settings.strict_offline else "count",
+        "hf_endpoint": settings.hf_endpoint,
+        "hf_token": "set" if settings.hf_token else "unset",
+    }
+    console = Console()
+    if as_json:
+        console.print_json(data=doc)
+        return
+    for key, value in doc.items():
+        console.print(f"{key:<22} {value}", highlight=False)
+    if report.state != "complete":
+        console.print(
+            f"\nThe model is {report.state}: `gnosis-ocr cache warm` downloads it (cache mode {settings.cache_mode}).",
+            highlight=False,
+        )
 
 
 def main() -> None:

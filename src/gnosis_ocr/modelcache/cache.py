@@ -101,11 +101,26 @@ class ModelCache:
         with hub_online(self._environ):
             return self.hub().snapshot(repo_id, revision)
 
-    def _warm_snapshot(self, layout: RepoLayout, remote: RemoteSnapshot, revision: str, *,
-                       progress: Progress | None, recheck: bool = False) -> WarmResult:
+    def _warm_snapshot(
+        self,
+        layout: RepoLayout,
+        remote: RemoteSnapshot,
+        revision: str,
+        *,
+        progress: Progress | None,
+        recheck: bool = False,
+    ) -> WarmResult:
         with hub_online(self._environ):
-            return warm_snapshot(layout, remote, revision, self.hub(), options=self.warm_options,
-                                 metrics=self.metrics, progress=progress, recheck=recheck)
+            return warm_snapshot(
+                layout,
+                remote,
+                revision,
+                self.hub(),
+                options=self.warm_options,
+                metrics=self.metrics,
+                progress=progress,
+                recheck=recheck,
+            )
 
     def warm(
         self,

@@ -80,8 +80,13 @@ class Lease:
         except FileNotFoundError:
             return None
         except (ValueError, TypeError):
-            # half-written by a dead writer, or garbage: treat as expired
-            return LeaseInfo("?", "?", -1, 0.0, 0.0)
+            # Empty or half-written: a writer between create and write, or one that died there. Young, it
+            # counts as held; once untouched for a whole TTL, as expired.
+            try:
+                mtime = self.path.stat().st_mtime
+            except FileNotFoundError:
+                return None
+            return LeaseInfo("?", "?", -1, mtime, mtime + self.ttl)
 
     def try_acquire(self) -> bool:
         ensure_dir(self.path.parent)
@@ -98,8 +103,12 @@ class Lease:
             fh.write(json.dumps(asdict(self._info())).encode())
             fh.flush()
             os.fsync(fh.fileno())
-        # another host may have created the same object at the same moment; the last write wins
+        # Another host may have created the same object at the same moment (the last write wins), and a mount
+        # may replace files non-atomically: confirm ownership once more after a short settle.
         check = self.read()
+        if check is not None and check.owner == self.owner:
+            time.sleep(min(0.2, self.ttl / 20))
+            check = self.read()
         self._held = check is not None and check.owner == self.owner
         if self._held:
             self._start_heartbeat()
