@@ -168,3 +168,23 @@ def test_repair_refetches_only_bad_files(cache: ModelCache, hub: LocalHub) -> No
     repaired = cache.repair(REPO)
     assert repaired.downloaded_files == 1
     assert cache.status(REPO, full=True).complete
+
+
+def test_hf_cli_lists_our_cache(cache: ModelCache, hub: LocalHub) -> None:
+    import os
+    import subprocess
+    import sys
+
+    cache.warm(REPO)
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(cache.root / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_COLOR": "1",
+    }
+    hf = Path(sys.executable).with_name("hf")
+    run = subprocess.run([str(hf), "cache", "ls"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert REPO in run.stdout and "main" in run.stdout
+    assert "warning" not in (run.stdout + run.stderr).lower()

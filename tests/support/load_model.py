@@ -34,7 +34,7 @@ def main() -> None:
     if "--deny-network" in sys.argv:
         sys.addaudithook(_deny)
 
-    from gnosis_ocr.modelcache import cache_from_settings
+    from gnosis_ocr.modelcache import cache_from_settings, read_options_from_settings
     from gnosis_ocr.modelcache.offline import prepare_environment
     from gnosis_ocr.settings import Settings
 
@@ -45,13 +45,13 @@ def main() -> None:
 
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from gnosis_ocr.modelcache.loader import ReadOptions, load_pretrained, load_processor_parts
+    from gnosis_ocr.modelcache.loader import load_pretrained, load_processor_parts
 
     model = load_pretrained(
         resolved,
         Qwen2_5_VLForConditionalGeneration,
         metrics=cache.metrics,
-        options=ReadOptions(workers=settings.cache_read_workers),
+        options=read_options_from_settings(settings),
     )
     tokenizer, image_processor = load_processor_parts(resolved)
     out: dict[str, object] = {

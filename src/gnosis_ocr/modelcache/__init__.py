@@ -17,6 +17,7 @@ from gnosis_ocr.modelcache.status import Fault, SnapshotReport
 from gnosis_ocr.modelcache.warm import Progress, WarmOptions, WarmResult
 
 if TYPE_CHECKING:
+    from gnosis_ocr.modelcache.loader import ReadOptions
     from gnosis_ocr.settings import Settings
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "WarmResult",
     "cache_from_settings",
     "not_cached_error",
+    "read_options_from_settings",
 ]
 
 
@@ -46,4 +48,15 @@ def cache_from_settings(settings: Settings, metrics: CacheMetrics | None = None)
         ),
         metrics=metrics,
         strict_offline=settings.strict_offline,
+    )
+
+
+def read_options_from_settings(settings: Settings) -> ReadOptions:
+    """How engines read weights: workers, chunk size, and whether bytes are hashed on the way."""
+    from gnosis_ocr.modelcache.loader import ReadOptions
+
+    return ReadOptions(
+        workers=settings.cache_read_workers,
+        chunk_bytes=settings.cache_read_chunk_mib * 1024 * 1024,
+        verify=settings.cache_verify_on_load,
     )
