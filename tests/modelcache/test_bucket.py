@@ -110,6 +110,11 @@ def test_push_to_gcs_then_serve_from_a_read_only_mount(
         assert report["new_tokens"]
         with pytest.raises(OSError):
             (mounted_root / "probe").write_text("x")
+        # a write the read-only mount cannot take is a clear error, not a traceback
+        repair = _run(["-m", "gnosis_ocr", "cache", "repair"], _env(mounted_root, hub.endpoint))
+        assert repair.returncode == 6, repair.stderr
+        assert "read-only" in repair.stderr and "Traceback" not in repair.stderr
+        hub.reset_counters()
     assert hub.request_count == 0
 
 

@@ -29,7 +29,7 @@ def ensure_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _wrap_write_error(exc, path) from exc
+        raise write_error(exc, path) from exc
 
 
 @contextlib.contextmanager
@@ -40,7 +40,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     try:
         fh = tmp.open("xb")
     except OSError as exc:
-        raise _wrap_write_error(exc, path) from exc
+        raise write_error(exc, path) from exc
     try:
         with fh:
             yield fh
@@ -58,7 +58,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _wrap_write_error(exc: OSError, path: Path) -> Exception:
+def write_error(exc: OSError, path: Path) -> Exception:
+    """CacheReadOnlyError for a refused write (read-only mount, permissions), else ``exc`` itself."""
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return CacheReadOnlyError(
             f"Cannot write to the model cache at {path}: {exc.strerror}.",

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from gnosis_ocr.modelcache.fsutil import atomic_write_bytes, ensure_dir, temp_path
+from gnosis_ocr.modelcache.fsutil import atomic_write_bytes, ensure_dir, temp_path, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ class Lease:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except OSError as exc:
+            raise write_error(exc, self.path) from exc
         with os.fdopen(fd, "wb") as fh:
             fh.write(json.dumps(asdict(self._info())).encode())
             fh.flush()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gnosis_ocr.errors import CacheCorruptError, HubError, RepoNotFoundError, RevisionNotFoundError
-from gnosis_ocr.modelcache.fsutil import atomic_write_bytes, ensure_dir, temp_path
+from gnosis_ocr.modelcache.fsutil import atomic_write_bytes, ensure_dir, temp_path, write_error
 from gnosis_ocr.modelcache.hashing import CHUNK, GitBlobHasher
 from gnosis_ocr.modelcache.hub import HubClient, RemoteFile, RemoteSnapshot
 from gnosis_ocr.modelcache.layout import RepoLayout, is_commit
@@ -205,7 +205,11 @@ class _Fetcher:
         tmp = temp_path(dest)
         what = f"{self.remote.repo_id}/{rf.path}"
         try:
-            with tmp.open("wb") as fh:
+            fh = tmp.open("wb")
+        except OSError as exc:
+            raise write_error(exc, dest) from exc
+        try:
+            with fh:
                 sha = hashlib.sha256()
                 blob = GitBlobHasher(rf.size)
                 written = 0
