@@ -198,7 +198,7 @@ class _Fetcher:
             return None
         if not dest.is_file() or dest.is_symlink() or st.st_size != rf.size:
             return None
-        sha, blob = _hash_file(dest, rf.size)
+        sha, blob = _hash_file(dest, rf.size, git_blob=rf.sha256 is None)
         return sha if _matches(rf, sha, blob) else None
 
     def _download(self, dest: Path, rf: RemoteFile) -> str:
@@ -211,7 +211,8 @@ class _Fetcher:
         try:
             with fh:
                 sha = hashlib.sha256()
-                blob = GitBlobHasher(rf.size)
+                # LFS files are checked by sha256; the git blob sha1 is only needed for small files
+                blob = GitBlobHasher(rf.size) if rf.sha256 is None else None
                 written = 0
                 last_error: Exception | None = None
                 for _attempt in self.hub.with_retries(what):
@@ -220,7 +221,8 @@ class _Fetcher:
                             for chunk in chunks:
                                 fh.write(chunk)
                                 sha.update(chunk)
-                                blob.update(chunk)
+                                if blob is not None:
+                                    blob.update(chunk)
                                 written += len(chunk)
                                 self.metrics.bytes_downloaded.inc(len(chunk))
                                 self.progress.advance(len(chunk))
@@ -232,7 +234,7 @@ class _Fetcher:
                         last_error = exc
                 if last_error is not None:
                     raise last_error
-                if written != rf.size or not _matches(rf, sha.hexdigest(), blob.hexdigest()):
+                if written != rf.size or not _matches(rf, sha.hexdigest(), blob.hexdigest() if blob else None):
                     raise CacheCorruptError(
                         f"Downloaded {what} does not match the hub's listing ({written} bytes, expected "
                         f"{rf.size}; hash mismatch or short read). Nothing was kept.",
@@ -249,19 +251,20 @@ class _Fetcher:
         return sha.hexdigest()
 
 
-def _hash_file(path: Path, size: int) -> tuple[str, str]:
+def _hash_file(path: Path, size: int, *, git_blob: bool) -> tuple[str, str | None]:
     sha = hashlib.sha256()
-    blob = GitBlobHasher(size)
+    blob = GitBlobHasher(size) if git_blob else None
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     with path.open("rb", buffering=0) as fh:
         while n := fh.readinto(buf):
             sha.update(view[:n])
-            blob.update(view[:n])
-    return sha.hexdigest(), blob.hexdigest()
+            if blob is not None:
+                blob.update(view[:n])
+    return sha.hexdigest(), blob.hexdigest() if blob else None
 
 
-def _matches(rf: RemoteFile, sha256: str, blob_sha1: str) -> bool:
+def _matches(rf: RemoteFile, sha256: str, blob_sha1: str | None) -> bool:
     if rf.sha256 is not None:
         return rf.sha256 == sha256
     if rf.blob_id is not None:

@@ -48,17 +48,24 @@ def read_file_into(
     buf = bytearray(size)
     view = memoryview(buf)
     digest = hashlib.sha256() if expected_sha256 is not None else None
+    # One hashing thread per file, fed in order, so the next read overlaps the hash of the last chunk
+    # (hashlib releases the GIL on large buffers).
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") if digest is not None else None
     pos = 0
-    with path.open("rb", buffering=0) as fh:
-        while pos < size:
-            n = fh.readinto(view[pos : pos + chunk_bytes])
-            if not n:
-                break
-            if digest is not None:
-                digest.update(view[pos : pos + n])  # hashlib releases the GIL on large buffers
-            pos += n
-            if on_bytes is not None:
-                on_bytes(n)
+    try:
+        with path.open("rb", buffering=0) as fh:
+            while pos < size:
+                n = fh.readinto(view[pos : pos + chunk_bytes])
+                if not n:
+                    break
+                if hasher is not None and digest is not None:
+                    hasher.submit(digest.update, view[pos : pos + n])
+                pos += n
+                if on_bytes is not None:
+                    on_bytes(n)
+    finally:
+        if hasher is not None:
+            hasher.shutdown(wait=True)
     if pos != size:
         raise CacheCorruptError(f"{path} shrank while being read ({pos} of {size} bytes).")
     if digest is not None and digest.hexdigest() != expected_sha256:
