@@ -10,7 +10,15 @@
     │       ├── RepoNotFoundError (LookupError)
     │       └── RevisionNotFoundError (LookupError)
     ├── PushError                              copying a snapshot to an object store failed
-    └── NetworkBlockedError (ConnectionError)  the offline guard refused a connection
+    ├── NetworkBlockedError (ConnectionError)  the offline guard refused a connection
+    ├── DocumentError (ValueError)             an input document cannot be read as given
+    │   ├── UnsupportedDocumentError           not a PDF/PNG/JPEG/TIFF/WebP by its content
+    │   ├── EmptyDocumentError                 zero bytes, or no pages
+    │   ├── EncryptedDocumentError             password-protected PDF
+    │   ├── BrokenDocumentError                damaged file the renderer cannot open
+    │   └── DocumentLimitError                 over a page, pixel or size limit (bomb guard)
+    └── EngineError                            an OCR engine could not run
+        └── EngineUnavailableError             missing package, model or device for that engine
 
 Third-party exceptions are wrapped once, where they enter (``raise ... from exc``). Only the edges (``cli``,
 ``api``) translate these into exit codes or HTTP statuses.
@@ -72,3 +80,35 @@ class PushError(GnosisError):
 
 class NetworkBlockedError(GnosisError, ConnectionError):
     """The network guard refused a connection to a model hub in strict offline mode."""
+
+
+class DocumentError(GnosisError, ValueError):
+    """An input document cannot be read as given. Nothing stored is changed."""
+
+
+class UnsupportedDocumentError(DocumentError):
+    """The content is not a format gnosis-ocr reads (sniffed from bytes, never from the file name)."""
+
+
+class EmptyDocumentError(DocumentError):
+    """Zero bytes, or a document without pages."""
+
+
+class EncryptedDocumentError(DocumentError):
+    """A password-protected PDF."""
+
+
+class BrokenDocumentError(DocumentError):
+    """A damaged file that the renderer cannot open."""
+
+
+class DocumentLimitError(DocumentError):
+    """Over a configured limit (pages, pixels per page, total pixels, bytes): a guard against bombs."""
+
+
+class EngineError(GnosisError):
+    """An OCR engine could not run."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine's package, model or device is missing here."""

@@ -1,0 +1,42 @@
+"""What the rest of the pipeline sees of a document: page images with an optional text layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+Kind = Literal["pdf", "png", "jpeg", "tiff", "webp"]
+
+
+@dataclass(frozen=True)
+class DocumentLimits:
+    """Guards against bombs and runaway work; all configurable (GNOSIS_MAX_* settings)."""
+
+    max_bytes: int = 200 * 1024 * 1024
+    max_pages: int = 500
+    max_page_pixels: int = 40_000_000  # a decoded page image above this is refused (pixel bomb)
+    max_total_pixels: int = 2_000_000_000
+    target_pixels: int = 2_400_000  # pages are rendered to about this many pixels (~A4 at 180 dpi)
+    min_long_side: int = 1024  # tiny pages are scaled up to at least this long side
+
+
+@dataclass(frozen=True)
+class Page:
+    """One rendered page. ``number`` is 1-based, as users count pages."""
+
+    number: int
+    image: Image.Image  # RGB
+    text_layer: str | None = None  # born-digital PDF text, None when the page has none (or is not a PDF)
+    source_size: tuple[float, float] | None = None  # PDF points (w, h) or image pixels before scaling
+    scale: float = 1.0  # rendered pixels per source unit
+
+
+@dataclass(frozen=True)
+class PageError:
+    """A page that could not be rendered; the rest of the document goes on."""
+
+    number: int
+    message: str
