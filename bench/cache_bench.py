@@ -338,7 +338,11 @@ def bench_warm(b: Bench) -> Path:
     """Both downloaders into empty folders, alternating; returns our last cache root (kept for the read tests)."""
     section = "warm: hub -> empty dir"
     ours = b.report.row(
-        section, "gnosis ModelCache.warm", "MiB/s", vs="hf snapshot_download", note="4 workers, sha256+sha1, fsync"
+        section,
+        "gnosis ModelCache.warm",
+        "MiB/s",
+        vs="hf snapshot_download",
+        note="4 workers, sha256 (sha1 for small files), fsync",
     )
     hf = b.report.row(section, "hf snapshot_download", "MiB/s", note="8 workers, no hash, no fsync")
     sent_ours = b.report.row(section, "hub bytes sent / model, gnosis", "x")
