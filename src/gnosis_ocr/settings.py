@@ -19,6 +19,16 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_CACHE_READ_CHUNK_MIB`` size of each sequential read (default 16).
 ``GNOSIS_CACHE_VERIFY_ON_LOAD`` hash weights while they are read and refuse a mismatch (default true).
 ``GNOSIS_CACHE_DOWNLOAD_WORKERS`` files downloaded in parallel by ``warm`` (default 4).
+``GNOSIS_ENGINE``              ``auto`` | ``nanonets`` | ``tesseract``: auto takes the VLM where a GPU and
+                               the model (complete, or warmable) are there, else tesseract, and says why.
+``GNOSIS_TESSERACT_LANG``      tesseract languages, e.g. ``eng`` or ``eng+deu`` (default ``eng``).
+``GNOSIS_OCR_WORKERS``         CPU engine worker processes (default: number of cores).
+``GNOSIS_DEVICE``              ``cuda``, ``cuda:1`` or ``cpu`` for the VLM (default: cuda when present).
+``GNOSIS_VLM_MAX_NEW_TOKENS``  bound on generated tokens per page (default 4096).
+``GNOSIS_VLM_BATCH_SIZE``      pages per generation (default 4 on GPU, 1 on CPU).
+``GNOSIS_TEXT_LAYER``          ``auto`` | ``never`` | ``only``: use a PDF page's own text instead of OCR.
+``GNOSIS_MAX_PAGES``, ``GNOSIS_MAX_PAGE_PIXELS``, ``GNOSIS_MAX_TOTAL_PIXELS``, ``GNOSIS_MAX_DOCUMENT_BYTES``,
+``GNOSIS_TARGET_PIXELS``       limits against bombs, and the size pages are rendered to.
 =============================  ==========================================================================
 """
 
@@ -32,8 +42,12 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gnosis_ocr.documents.model import DocumentLimits
+
 CacheMode = Literal["auto", "offline", "refresh"]
 GuardMode = Literal["count", "strict"]
+EngineName = Literal["auto", "nanonets", "tesseract", "fake"]
+TextLayerPolicy = Literal["auto", "never", "only"]
 
 DEFAULT_MODEL = "nanonets/Nanonets-OCR-s"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -71,6 +85,19 @@ class Settings(BaseSettings):
     cache_verify_on_load: bool = True
     cache_download_workers: int = Field(default=4, ge=1, le=64)
 
+    engine: EngineName = "auto"
+    tesseract_lang: str = Field(default="eng", pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$")
+    ocr_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    device: str | None = None
+    vlm_max_new_tokens: int = Field(default=4096, ge=1, le=32768)
+    vlm_batch_size: int | None = Field(default=None, ge=1, le=64)
+    text_layer: TextLayerPolicy = "auto"
+    max_pages: int = Field(default=500, ge=1)
+    max_page_pixels: int = Field(default=40_000_000, ge=10_000)
+    max_total_pixels: int = Field(default=2_000_000_000, ge=10_000)
+    max_document_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    target_pixels: int = Field(default=2_400_000, ge=100_000)
+
     log_level: str = "INFO"
 
     @field_validator("hf_endpoint")
@@ -93,6 +120,15 @@ class Settings(BaseSettings):
     @property
     def strict_offline(self) -> bool:
         return self.cache_mode == "offline" or self.network_guard == "strict"
+
+    def limits(self) -> DocumentLimits:
+        return DocumentLimits(
+            max_bytes=self.max_document_bytes,
+            max_pages=self.max_pages,
+            max_page_pixels=self.max_page_pixels,
+            max_total_pixels=self.max_total_pixels,
+            target_pixels=min(self.target_pixels, self.max_page_pixels),
+        )
 
     def token(self) -> str | None:
         return self.hf_token.get_secret_value() if self.hf_token is not None else None

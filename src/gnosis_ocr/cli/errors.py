@@ -12,6 +12,9 @@ code  meaning
 6     the cache is read-only where a write was needed
 7     push to an object store failed
 8     the network guard refused a connection (strict offline)
+9     a document could not be read (unsupported, encrypted, broken, over a limit)
+10    the OCR engine cannot run here (missing package, model or device)
+11    some pages failed; the others were written
 ====  =====================================================================
 """
 
@@ -21,6 +24,8 @@ from gnosis_ocr.errors import (
     CacheCorruptError,
     CacheReadOnlyError,
     ConfigError,
+    DocumentError,
+    EngineError,
     GnosisError,
     HubError,
     ModelNotCachedError,
@@ -31,6 +36,9 @@ from gnosis_ocr.errors import (
 EXIT_OK = 0
 EXIT_FAULT = 1
 EXIT_USAGE = 2
+EXIT_DOCUMENT = 9
+EXIT_ENGINE = 10
+EXIT_PARTIAL = 11
 
 _CODES: tuple[tuple[type[GnosisError], int], ...] = (
     (ConfigError, EXIT_USAGE),
@@ -40,6 +48,8 @@ _CODES: tuple[tuple[type[GnosisError], int], ...] = (
     (CacheReadOnlyError, 6),
     (PushError, 7),
     (NetworkBlockedError, 8),
+    (DocumentError, EXIT_DOCUMENT),
+    (EngineError, EXIT_ENGINE),
 )
 
 

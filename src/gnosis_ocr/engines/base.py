@@ -23,6 +23,7 @@ class EngineInfo:
     revision: str | None = None  # model commit sha, or engine library version
     device: str = "cpu"
     reason: str | None = None  # why this engine was chosen (auto)
+    vlm: bool = False  # a vision-language model: keeps tables and equations, so a PDF text layer is not preferred
 
 
 @dataclass(frozen=True)
