@@ -27,7 +27,7 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_VLM_MAX_NEW_TOKENS``  bound on generated tokens per page (default 4096).
 ``GNOSIS_VLM_BATCH_SIZE``      pages per generation (default 4 on GPU, 1 on CPU).
 ``GNOSIS_TEXT_LAYER``          ``auto`` | ``never`` | ``only``: use a PDF page's own text instead of OCR.
-``GNOSIS_MAX_PAGES``, ``GNOSIS_MAX_PAGE_PIXELS``, ``GNOSIS_MAX_TOTAL_PIXELS``, ``GNOSIS_MAX_DOCUMENT_BYTES``,
+``GNOSIS_MAX_PAGES``, ``GNOSIS_MAX_PAGE_PIXELS``, ``GNOSIS_MAX_TOTAL_PIXELS``, ``GNOSIS_MAX_BYTES``,
 ``GNOSIS_TARGET_PIXELS``       limits against bombs, and the size pages are rendered to.
 =============================  ==========================================================================
 """
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     max_pages: int = Field(default=500, ge=1)
     max_page_pixels: int = Field(default=40_000_000, ge=10_000)
     max_total_pixels: int = Field(default=2_000_000_000, ge=10_000)
-    max_document_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     target_pixels: int = Field(default=2_400_000, ge=100_000)
 
     log_level: str = "INFO"
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
 
     def limits(self) -> DocumentLimits:
         return DocumentLimits(
-            max_bytes=self.max_document_bytes,
+            max_bytes=self.max_bytes,
             max_pages=self.max_pages,
             max_page_pixels=self.max_page_pixels,
             max_total_pixels=self.max_total_pixels,

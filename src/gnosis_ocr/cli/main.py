@@ -13,6 +13,7 @@ from rich.console import Console
 from gnosis_ocr import __version__
 from gnosis_ocr.cli.cache import cache_app
 from gnosis_ocr.cli.errors import exit_code
+from gnosis_ocr.cli.ocr import ocr
 from gnosis_ocr.errors import GnosisError
 from gnosis_ocr.modelcache import cache_from_settings
 from gnosis_ocr.modelcache.mounts import mount_of, writable
@@ -33,6 +34,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(cache_app, name="cache")
+app.command()(ocr)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,202 @@
+"""``gnosis-ocr ocr FILE...``: documents to Markdown or JSON, on stdout or into files."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from gnosis_ocr.cli.errors import EXIT_DOCUMENT, EXIT_PARTIAL, exit_code
+from gnosis_ocr.engines import engine_from_settings
+from gnosis_ocr.errors import ConfigError, DocumentError
+from gnosis_ocr.jobs.pipeline import OcrOptions
+from gnosis_ocr.jobs.results import DocumentResult, PageResult
+from gnosis_ocr.modelcache import cache_from_settings
+from gnosis_ocr.settings import Settings
+
+
+class Format(StrEnum):
+    md = "md"
+    json = "json"
+
+
+class EngineChoice(StrEnum):
+    auto = "auto"
+    nanonets = "nanonets"
+    tesseract = "tesseract"
+    fake = "fake"  # deterministic test engine; hidden from nobody, documented as such
+
+
+class TextLayer(StrEnum):
+    auto = "auto"
+    never = "never"
+    only = "only"
+
+
+class _PageBars:
+    """A bar per document, advanced page by page (PipelineProgress)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, TaskID] = {}
+
+    def document_started(self, name: str, pages: int) -> None:
+        self._tasks[name] = self._progress.add_task(name, total=pages)
+
+    def page_done(self, name: str, page: PageResult) -> None:
+        self._progress.advance(self._tasks[name])
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write by temp file and rename, so a crash never leaves half a result under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _render(result: DocumentResult, fmt: Format) -> bytes:
+    if fmt is Format.json:
+        return (json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n").encode()
+    return result.markdown().encode()
+
+
+def _targets(files: list[Path], output: Path, fmt: Format) -> dict[Path, Path]:
+    """Where each result goes: ``output`` itself for one input and a *.md/*.json name, else ``output/<stem>.<fmt>``."""
+    if len(files) == 1 and output.suffix in (".md", ".json") and not output.is_dir():
+        targets = {files[0]: output}
+    elif output.exists() and not output.is_dir():
+        raise ConfigError(
+            f"-o {output} is an existing file; with this input it must be a folder (or, for one input, a *.md or "
+            "*.json file name).",
+            hint="Give a folder: results are written as <name>.md or <name>.json inside it.",
+        )
+    else:
+        stems = [f.stem for f in files]
+        targets = {f: output / f"{f.stem if stems.count(f.stem) == 1 else f.name}.{fmt.value}" for f in files}
+    inputs = {f.resolve() for f in files}
+    for target in targets.values():
+        if target.resolve() in inputs:
+            raise ConfigError(f"Refusing to overwrite the input {target} with its result.", hint="Choose another -o.")
+    return targets
+
+
+def ocr(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="PDF, PNG, JPEG, TIFF or WebP files (type sniffed from content).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="A file (one input, *.md or *.json) or a folder for <name>.<format> per input. Default: stdout.",
+        ),
+    ] = None,
+    fmt: Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="md (page markers) or json (per-page text, timings, engine, model commit). Default: from -o, else md.",
+        ),
+    ] = None,
+    engine: Annotated[
+        EngineChoice | None,
+        typer.Option(
+            "--engine",
+            "-e",
+            help="auto: the VLM with a GPU and the model, else tesseract. Default: GNOSIS_ENGINE or auto.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Qwen2.5-VL model id for the nanonets engine. Default: MODEL_NAME."),
+    ] = None,
+    pages: Annotated[
+        str | None, typer.Option("--pages", "-p", help="Pages to read, e.g. 1-3,7 or 5- (1-based).")
+    ] = None,
+    text_layer: Annotated[
+        TextLayer | None,
+        typer.Option(
+            "--text-layer", help="Use a PDF page's own text: auto (with the CPU engine), never, only (never OCR)."
+        ),
+    ] = None,
+) -> None:
+    """Read documents and write Markdown (or JSON). A page that fails is reported and the rest completes.
+
+    Exit codes: 0 all pages read; 9 a document could not be read (others still are); 10 the engine cannot run;
+    11 some pages failed.
+    """
+    overrides: dict[str, Any] = {}
+    if model:
+        overrides["model_name"] = model
+    settings = Settings(**overrides)
+    fmt = fmt or (Format.json if output is not None and output.suffix == ".json" else Format.md)
+    targets = _targets(files, output, fmt) if output is not None else {}
+    options = OcrOptions(
+        pages=pages, text_layer=(text_layer.value if text_layer else settings.text_layer), limits=settings.limits()
+    )
+    err = Console(stderr=True)
+    cache = cache_from_settings(settings)
+    chosen = engine_from_settings(settings, cache, engine.value if engine else None)
+    info = chosen.info
+    err.print(f"engine: {info.name}" + (f" ({info.reason})" if info.reason else ""), highlight=False)
+
+    from gnosis_ocr.jobs.pipeline import ocr_document
+
+    results: list[DocumentResult] = []
+    worst = 0
+    try:
+        chosen.load()
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not err.is_terminal,
+        ) as bars:
+            progress = _PageBars(bars)
+            for path in files:
+                try:
+                    result = ocr_document(path, chosen, name=path.name, options=options, progress=progress)
+                except DocumentError as exc:
+                    err.print(f"[bold red]error:[/] {path}: {exc.message}", highlight=False)
+                    if exc.hint:
+                        err.print(f"[bold]hint:[/] {exc.hint}", highlight=False)
+                    worst = max(worst, exit_code(exc))
+                    continue
+                for page in result.pages:
+                    if not page.ok:
+                        err.print(f"[yellow]warning:[/] {path} page {page.number}: {page.error}", highlight=False)
+                        worst = max(worst, EXIT_PARTIAL) if worst != EXIT_DOCUMENT else worst
+                if output is not None:
+                    _write(targets[path], _render(result, fmt))
+                results.append(result)
+    finally:
+        chosen.close()
+    if output is None:
+        if fmt is Format.json:
+            typer.echo(json.dumps({"documents": [r.to_dict() for r in results]}, indent=1, ensure_ascii=False))
+        else:
+            several = len(files) > 1
+            typer.echo("\n".join((f"# {r.name}\n\n" if several else "") + r.markdown() for r in results), nl=False)
+    if worst:
+        raise typer.Exit(worst)
