@@ -1,0 +1,84 @@
+"""`gnosis-ocr ocr` end to end with each real engine: the tiny VLM from the cache (zero network) and tesseract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gnosis_ocr.modelcache import ModelCache
+from tests.conftest import REPO
+from tests.documents import make
+from tests.support.hubserver import LocalHub
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _ocr(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "gnosis_ocr", "ocr", *args],
+        env=full,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_nanonets_engine_reads_a_rendered_pdf_from_the_cache_offline(
+    cache: ModelCache, hub: LocalHub, tmp_path: Path
+) -> None:
+    commit = cache.warm(REPO).commit
+    pdf = tmp_path / "letter.pdf"
+    pdf.write_bytes(make.text_pdf([["Invoice 2026-17", "Total: 42 EUR"], ["Page two"]]))
+    hub.reset_counters()
+    run = _ocr(
+        [str(pdf), "--engine", "nanonets", "--model", REPO, "-f", "json"],
+        MODEL_CACHE_PATH=str(cache.root),
+        HF_ENDPOINT=hub.endpoint,
+        GNOSIS_CACHE_MODE="offline",
+        GNOSIS_VLM_MAX_NEW_TOKENS="8",
+        GNOSIS_DEVICE="cpu",
+    )
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)["documents"][0]
+    assert doc["engine"]["name"] == "nanonets" and doc["engine"]["revision"] == commit
+    assert doc["engine"]["model"] == REPO and doc["engine"]["vlm"] is True
+    assert [p["page"] for p in doc["pages"]] == [1, 2]
+    assert all(p["source"] == "ocr" and p["error"] is None for p in doc["pages"])  # the VLM ignores text layers
+    assert all(0 < p["meta"]["new_tokens"] <= 8 for p in doc["pages"])
+    assert hub.request_count == 0
+
+
+def test_auto_on_a_machine_without_gpu_takes_tesseract_and_says_why(tmp_path: Path) -> None:
+    pdf = tmp_path / "letter.pdf"
+    pdf.write_bytes(make.text_pdf([["The quick brown fox jumps over the lazy dog again and again."]]))
+    run = _ocr([str(pdf), "--text-layer", "never"], MODEL_CACHE_PATH=str(tmp_path / "cache"))
+    assert run.returncode == 0, run.stderr
+    assert "engine: tesseract (no CUDA GPU" in run.stderr
+    assert "quick brown fox" in run.stdout
+
+
+@pytest.mark.gpu
+def test_nanonets_on_gpu(cache: ModelCache, hub: LocalHub, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cache.warm(REPO)
+    pdf = tmp_path / "a.pdf"
+    pdf.write_bytes(make.text_pdf([["one"], ["two"], ["three"]]))
+    run = _ocr(
+        [str(pdf), "--engine", "nanonets", "--model", REPO, "-f", "json"],
+        MODEL_CACHE_PATH=str(cache.root),
+        HF_ENDPOINT=hub.endpoint,
+        GNOSIS_CACHE_MODE="offline",
+        GNOSIS_VLM_MAX_NEW_TOKENS="8",
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["documents"][0]["engine"]["device"].startswith("cuda")
