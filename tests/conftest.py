@@ -20,6 +20,7 @@ for _var in ("MODEL_CACHE_PATH", "MODEL_NAME", "HF_ENDPOINT", "HF_HOME"):
 
 from gnosis_ocr.modelcache import CacheMetrics, ModelCache, WarmOptions  # noqa: E402
 from tests.support.hubserver import LocalHub  # noqa: E402
+from tests.support.objectstores import FakeGcs, MotoS3  # noqa: E402
 from tests.support.tinymodel import tiny_model_dir  # noqa: E402
 
 REPO = "gnosis-test/tiny-qwen2.5-vl"
@@ -81,3 +82,17 @@ def cache(cache_root: Path, hub: LocalHub) -> ModelCache:
 
 def model_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[FakeGcs]:
+    """fake-gcs-server on loopback (gs://), started on first use; tests make their own buckets."""
+    with FakeGcs() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[MotoS3]:
+    """moto's S3 server on loopback (s3://), started on first use; tests make their own buckets."""
+    with MotoS3() as server:
+        yield server

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,18 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 needs_fuse = pytest.mark.skipif(fuse_available() is not None, reason=str(fuse_available()))
-
-
-@pytest.fixture(scope="module")
-def gcs() -> Iterator[FakeGcs]:
-    with FakeGcs() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[MotoS3]:
-    with MotoS3() as server:
-        yield server
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ import hashlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,6 @@ pytestmark = pytest.mark.fuse
 _REASON = fuse_available()
 if _REASON:
     pytest.skip(_REASON, allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[MotoS3]:
-    with MotoS3() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gcs() -> Iterator[FakeGcs]:
-    with FakeGcs() as server:
-        yield server
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:

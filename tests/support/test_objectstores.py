@@ -7,24 +7,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import fsspec
-import pytest
 
 from tests.support.objectstores import FakeGcs, MotoS3, child_env, patched_env
-
-
-@pytest.fixture(scope="module")
-def gcs() -> Iterator[FakeGcs]:
-    with FakeGcs() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[MotoS3]:
-    with MotoS3() as server:
-        yield server
 
 
 def test_gcs_bucket_and_round_trip(gcs: FakeGcs) -> None:
