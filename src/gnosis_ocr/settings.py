@@ -29,6 +29,11 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_TEXT_LAYER``          ``auto`` | ``never`` | ``only``: use a PDF page's own text instead of OCR.
 ``GNOSIS_MAX_PAGES``, ``GNOSIS_MAX_PAGE_PIXELS``, ``GNOSIS_MAX_TOTAL_PIXELS``, ``GNOSIS_MAX_BYTES``,
 ``GNOSIS_TARGET_PIXELS``       limits against bombs, and the size pages are rendered to.
+``GNOSIS_HOST``                address ``gnosis-ocr serve`` binds (default ``127.0.0.1``; ``0.0.0.0`` in a
+                               container).
+``GNOSIS_PORT`` or ``PORT``    its port (default 7799; Cloud Run sets ``PORT``).
+``GNOSIS_API_KEY``             when set, every HTTP route but ``/healthz`` and ``/readyz`` needs it, as
+                               ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (never logged).
 =============================  ==========================================================================
 """
 
@@ -100,10 +105,20 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    host: str = "127.0.0.1"
+    port: int = Field(default=7799, ge=1, le=65535, validation_alias=AliasChoices("GNOSIS_PORT", "PORT"))
+    api_key: SecretStr | None = None
+
     @field_validator("hf_endpoint")
     @classmethod
     def _strip_endpoint(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # GNOSIS_API_KEY= (set but empty, as templated deployments often leave it) means no key, not "" as the key
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @model_validator(mode="after")
     def _fill_cache_root(self) -> Settings:

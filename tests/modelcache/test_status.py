@@ -166,3 +166,8 @@ def test_status_writes_nothing(tmp_path: Path) -> None:
     inspect_snapshot(layout, "main", full=True)
     inspect_snapshot(repo_layout(tmp_path, "other/model"), "main")
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_an_unknown_branch_beside_a_complete_snapshot_is_absent(tmp_path: Path) -> None:
+    layout = make_snapshot(tmp_path)
+    assert inspect_snapshot(layout, "v2").state == "absent"

@@ -14,6 +14,7 @@ from gnosis_ocr import __version__
 from gnosis_ocr.cli.cache import cache_app
 from gnosis_ocr.cli.errors import exit_code
 from gnosis_ocr.cli.ocr import ocr
+from gnosis_ocr.cli.serve import serve
 from gnosis_ocr.errors import GnosisError
 from gnosis_ocr.modelcache import cache_from_settings
 from gnosis_ocr.modelcache.mounts import mount_of, writable
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 app.add_typer(cache_app, name="cache")
 app.command()(ocr)
+app.command()(serve)
 
 
 def _version(value: bool) -> None:

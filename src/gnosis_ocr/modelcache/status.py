@@ -254,8 +254,14 @@ def inspect_snapshot(
 
 
 def _orphan_snapshots(layout: RepoLayout) -> list[str]:
+    """Snapshot folders without a manifest: downloads that never finished (complete ones of other
+    revisions are not evidence that *this* revision was ever started)."""
     try:
-        return [p.name for p in layout.snapshots_dir.iterdir() if p.is_dir()]
+        return [
+            p.name
+            for p in layout.snapshots_dir.iterdir()
+            if p.is_dir() and not (is_commit(p.name) and layout.manifest_path(p.name).exists())
+        ]
     except FileNotFoundError:
         return []
 

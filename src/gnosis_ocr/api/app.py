@@ -1,0 +1,95 @@
+"""``create_app(settings)``: the FastAPI app. A factory; nothing here runs at import.
+
+The lifespan builds the model cache (its metrics on the app's own registry) and starts resolving the configured
+model in a background thread, so ``/healthz`` answers at once and ``/readyz`` turns 200 when the model is
+resolved. Shutdown stops a running warm at its next chunk and waits a bounded time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from gnosis_ocr import __version__
+from gnosis_ocr.api.auth import key_digest
+from gnosis_ocr.api.deps import AppContext
+from gnosis_ocr.api.handlers import install_error_handlers
+from gnosis_ocr.api.metrics import HttpMetrics, MetricsMiddleware
+from gnosis_ocr.api.model_service import ModelService
+from gnosis_ocr.api.routes import cache as cache_routes
+from gnosis_ocr.api.routes import health
+from gnosis_ocr.modelcache import CacheMetrics, ModelCache, cache_from_settings
+from gnosis_ocr.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT = 3.0  # seconds the lifespan waits for a running warm to stop
+
+DESCRIPTION = """Documents to Markdown with a vision-language OCR model, served from a model cache that loads with
+zero network calls once it is complete.
+
+When the server has an API key (GNOSIS_API_KEY), every route but `/healthz`, `/readyz` and these docs needs it as
+`Authorization: Bearer <key>` or `X-API-Key: <key>`. Errors are `{"error": {"type", "message", "hint"}}`."""
+
+
+def create_app(settings: Settings, *, cache: ModelCache | None = None) -> FastAPI:
+    """The app for ``settings``. ``cache``: use this ModelCache instead of building one from the settings."""
+    registry = CollectorRegistry()
+    if cache is None:
+        cache_metrics = CacheMetrics(registry)
+    else:
+        cache_metrics = cache.metrics
+        if cache_metrics.registry is not registry:
+            registry.register(cache_metrics.registry)
+    ctx = AppContext(
+        settings=settings,
+        registry=registry,
+        cache_metrics=cache_metrics,
+        http_metrics=HttpMetrics(registry),
+        api_key_sha256=key_digest(settings.api_key.get_secret_value()) if settings.api_key else None,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        model_cache = cache if cache is not None else cache_from_settings(settings, cache_metrics)
+        service = ModelService(
+            model_cache, model=settings.model_name, revision=settings.model_revision, mode=settings.cache_mode
+        )
+        logger.info(
+            "gnosis-ocr %s: model %s@%s, cache %s, mode %s, network guard %s, hub %s, API key %s",
+            __version__,
+            settings.model_name,
+            settings.model_revision,
+            model_cache.root,
+            settings.cache_mode,
+            "strict" if settings.strict_offline else "count",
+            model_cache.endpoint,
+            "required" if ctx.api_key_sha256 else "off",
+        )
+        ctx.model = service
+        service.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(service.close, SHUTDOWN_TIMEOUT)
+
+    app = FastAPI(
+        title="gnosis-ocr",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.gnosis = ctx
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=ctx.http_metrics)  # outermost: sees every final status
+    app.include_router(health.probes)
+    app.include_router(health.metrics)
+    app.include_router(cache_routes.router)
+    return app

@@ -1,0 +1,78 @@
+"""The service's own errors, and which HTTP status every error of the tree stands for.
+
+No FastAPI here: ``handlers`` turns these into responses. The service adds three conditions the core has no
+word for, all still ``GnosisError`` so one handler serves everything::
+
+    GnosisError
+    └── ServiceError                  the service refuses a request in its present state
+        ├── ConflictError             409: something is already running, or the configuration forbids it
+        ├── UnauthorizedError         401: missing or wrong API key
+        └── UnavailableError          503: not ready yet, or shutting down
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from gnosis_ocr.errors import (
+    CacheCorruptError,
+    CacheReadOnlyError,
+    ConfigError,
+    DocumentError,
+    DocumentLimitError,
+    EngineError,
+    EngineUnavailableError,
+    GnosisError,
+    HubError,
+    ModelNotCachedError,
+    NetworkBlockedError,
+    PushError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+    UnsupportedDocumentError,
+)
+
+
+class ServiceError(GnosisError):
+    status: ClassVar[int] = 500
+
+
+class ConflictError(ServiceError):
+    status = 409
+
+
+class UnauthorizedError(ServiceError):
+    status = 401
+
+
+class UnavailableError(ServiceError):
+    status = 503
+
+
+# The most specific class in an exception's MRO decides. A condition of the server (model missing, cache
+# corrupt, engine missing) is 503, what the hub did is 502, what the request asked for is 4xx.
+STATUS: dict[type[GnosisError], int] = {
+    ConfigError: 400,
+    ModelNotCachedError: 503,
+    CacheCorruptError: 503,
+    CacheReadOnlyError: 409,
+    HubError: 502,
+    RepoNotFoundError: 404,
+    RevisionNotFoundError: 404,
+    PushError: 502,
+    NetworkBlockedError: 409,
+    DocumentError: 422,
+    UnsupportedDocumentError: 415,
+    DocumentLimitError: 413,
+    EngineError: 500,
+    EngineUnavailableError: 503,
+}
+
+
+def status_for(exc: GnosisError) -> int:
+    if isinstance(exc, ServiceError):
+        return exc.status
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500

@@ -1,0 +1,1 @@
+"""Thin routes: parse, call the service, shape the answer. Errors are raised, never built here."""

@@ -1,0 +1,46 @@
+"""``/healthz`` (alive), ``/readyz`` (model resolved, with the cache state) and ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gnosis_ocr.api.auth import require_api_key
+from gnosis_ocr.api.deps import Context, Model
+from gnosis_ocr.api.schemas import ERROR_RESPONSES, Health, ReadinessOut, readiness_out
+
+probes = APIRouter(tags=["health"])
+metrics = APIRouter(tags=["health"], dependencies=[Depends(require_api_key)])
+
+
+@probes.get("/healthz", summary="The process is alive")
+async def healthz() -> Health:
+    """200 whenever the process answers; says nothing about the model (that is /readyz)."""
+    return Health()
+
+
+@probes.get(
+    "/readyz",
+    summary="The model is resolved and the service can take work",
+    responses={503: {"model": ReadinessOut, "description": "Not ready; `reason` says why and what next."}},
+)
+async def readyz(model: Model, response: Response) -> ReadinessOut:
+    """200 once the configured model is resolved from a complete cache (a hit at start-up, or warmed), else 503.
+
+    The body carries the cache state and policy, the background warm's progress, and the reason in words.
+    """
+    readiness = model.readiness()
+    response.status_code = 200 if readiness.ready else 503
+    return readiness_out(readiness, model)
+
+
+@metrics.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, 401: ERROR_RESPONSES[401]},
+)
+async def prometheus_metrics(ctx: Context) -> Response:
+    """Cache hits and misses, downloaded bytes, phase seconds, verify results, network attempts, lease waits,
+    and HTTP requests by route template and status."""
+    return Response(ctx.http_metrics.render(), media_type=CONTENT_TYPE_LATEST)

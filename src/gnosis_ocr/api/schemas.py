@@ -1,0 +1,185 @@
+"""The JSON the API speaks, as pydantic models, and the functions that build them from the core's dataclasses."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gnosis_ocr.api.model_service import ModelService, Readiness, WarmState
+from gnosis_ocr.modelcache import Fault, SnapshotReport
+from gnosis_ocr.settings import CacheMode
+
+# Branch, tag or commit as the hub names them: "/"-separated segments that start with a letter or digit, so never
+# "." or ".."; the cache's own path checks still apply behind this.
+REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
+REVISION_MAX = 200
+ENGINE_NOT_LOADED = "not loaded (jobs API not built yet)"
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Error class, e.g. ModelNotCachedError.")
+    message: str = Field(description="What happened and why.")
+    hint: str | None = Field(default=None, description="What to do next.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorResponse, "description": "GNOSIS_API_KEY is set and the request lacks it."},
+    409: {"model": ErrorResponse, "description": "Busy, or not allowed by the server's configuration."},
+    422: {"model": ErrorResponse, "description": "The request is not valid."},
+    503: {"model": ErrorResponse, "description": "The service is starting, stopping or lacks the model."},
+}
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class FaultOut(BaseModel):
+    path: str
+    kind: str = Field(description="missing, size, hash, not_regular, unexpected or manifest.")
+    detail: str
+
+
+class WarmOut(BaseModel):
+    running: bool
+    kind: Literal["startup", "warm", "repair"] | None = Field(
+        description="startup: the resolve at start-up (warms when GNOSIS_CACHE_MODE allows); warm or repair: "
+        "started by POST /api/v1/cache/warm."
+    )
+    revision: str | None
+    bytes_done: int
+    bytes_total: int
+    error: str | None = Field(description="Why the last operation failed, with the next step.")
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class CacheBrief(BaseModel):
+    state: Literal["complete", "incomplete", "absent", "unknown"]
+    root: str
+    mode: CacheMode
+    faults: list[FaultOut]
+
+
+class ReadinessOut(BaseModel):
+    ready: bool
+    model: str
+    revision: str
+    commit: str | None = Field(description="The resolved commit, or the cached one while not resolved.")
+    cache: CacheBrief
+    warm: WarmOut
+    engine: str
+    reason: str
+
+
+class CacheReport(BaseModel):
+    """What `gnosis-ocr cache status --json` prints, plus the background warm."""
+
+    model: str
+    revision: str
+    commit: str | None
+    state: Literal["complete", "incomplete", "absent"]
+    check: Literal["fast", "full"]
+    path: str | None
+    files: int | None
+    size_bytes: int
+    expected_bytes: int | None
+    faults: list[FaultOut]
+    leftovers: list[str]
+    cache_root: str
+    policy: CacheMode
+    warm: WarmOut
+
+
+class WarmRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revision: str | None = Field(
+        default=None,
+        pattern=REVISION_PATTERN,
+        max_length=REVISION_MAX,
+        description="Branch, tag or commit. Default: the served one.",
+    )
+    refresh: bool = Field(
+        default=False, description="Ask the hub for a newer commit even when the cached one is complete."
+    )
+    repair: bool = Field(default=False, description="Re-hash every file and fetch again the bad ones.")
+
+
+class VerifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revision: str | None = Field(default=None, pattern=REVISION_PATTERN, max_length=REVISION_MAX)
+
+
+class WarmAccepted(BaseModel):
+    model: str
+    revision: str
+    status_url: str
+    warm: WarmOut
+
+
+def _time(epoch: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
+
+
+def warm_out(state: WarmState) -> WarmOut:
+    return WarmOut(
+        running=state.running,
+        kind=state.kind,
+        revision=state.revision,
+        bytes_done=state.bytes_done,
+        bytes_total=state.bytes_total,
+        error=state.error,
+        started_at=_time(state.started_at),
+        finished_at=_time(state.finished_at),
+    )
+
+
+def faults_out(faults: tuple[Fault, ...]) -> list[FaultOut]:
+    return [FaultOut(path=f.path, kind=f.kind, detail=f.detail) for f in faults]
+
+
+def cache_report(report: SnapshotReport, service: ModelService) -> CacheReport:
+    return CacheReport(
+        model=report.repo_id,
+        revision=report.revision,
+        commit=report.commit,
+        state=report.state,
+        check=report.check,
+        path=str(report.snapshot_dir) if report.snapshot_dir else None,
+        files=len(report.manifest.files) if report.manifest else None,
+        size_bytes=report.size_on_disk,
+        expected_bytes=report.expected_size,
+        faults=faults_out(report.faults),
+        leftovers=list(report.leftovers),
+        cache_root=str(service.cache.root),
+        policy=service.mode,
+        warm=warm_out(service.warm_state()),
+    )
+
+
+def readiness_out(readiness: Readiness, service: ModelService) -> ReadinessOut:
+    report = readiness.report
+    resolved = readiness.resolved
+    return ReadinessOut(
+        ready=readiness.ready,
+        model=service.model,
+        revision=service.revision,
+        commit=resolved.commit if resolved else (report.commit if report else None),
+        cache=CacheBrief(
+            state=report.state if report else "unknown",
+            root=str(service.cache.root),
+            mode=service.mode,
+            faults=faults_out(report.faults) if report else [],
+        ),
+        warm=warm_out(readiness.warm),
+        engine=ENGINE_NOT_LOADED,
+        reason=readiness.reason,
+    )
