@@ -106,3 +106,16 @@ def test_never_overwrites_an_input(tmp_path: Path) -> None:
     run = ocr(str(page), "-e", "fake", "-o", str(page))
     assert run.returncode == 2 and "Refusing to overwrite the input" in run.stderr
     assert page.read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_engine_that_cannot_run_here_exits_10_with_the_install_hint(docs: dict[str, Path]) -> None:
+    env_run = subprocess.run(
+        [sys.executable, "-m", "gnosis_ocr", "ocr", str(docs["scan.png"]), "--engine", "tesseract"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "GNOSIS_TESSERACT_LANG": "klingon", "COLUMNS": "200"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert env_run.returncode == 10, env_run.stderr
+    assert "klingon" in env_run.stderr and "pip install" in env_run.stderr and "Traceback" not in env_run.stderr

@@ -154,3 +154,12 @@ def test_a_damaged_page_fails_alone(small: DocumentLimits) -> None:
     assert second.message.startswith("mixed.pdf: page 2 is damaged: PDFium cannot load it")
     assert isinstance(third, Page)
     assert third.text_layer == "page 3"
+
+
+def test_text_layer_of_rotated_pages_keeps_line_order() -> None:
+    lines = ["first line of the page", "second line follows", "third and last line"]
+    for angle in (90, 180, 270):
+        data = make.rotated(make.text_pdf([lines]), {0: angle})
+        with open_document(data) as document:
+            (page,) = list(document.pages())
+        assert page.text_layer == "\n".join(lines), angle  # type: ignore[union-attr]

@@ -164,7 +164,8 @@ def ocr(
     results: list[DocumentResult] = []
     worst = 0
     try:
-        chosen.load()
+        # no chosen.load() here: engines start on their first page, so documents read entirely from their text
+        # layer never start OCR workers or load a model
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

@@ -127,6 +127,10 @@ def _load_error(code: int, name: str) -> Exception:
 def _text_layer(page: Any, name: str, number: int) -> str | None:
     """The page's born-digital text, lines joined with ``\\n``; None when it has none. Never fails the page."""
     try:
+        # pdfium reads a /Rotate 90 page's text bottom to top; its text is in writing order only unrotated.
+        # The image is already rendered and the document is never saved, so unrotating here changes nothing else.
+        if page.get_rotation():
+            page.set_rotation(0)
         textpage = page.get_textpage()
         try:
             raw: str = textpage.get_text_range()

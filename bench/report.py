@@ -1,0 +1,65 @@
+"""Results of a benchmark: rows of samples, medians, ratios against a named row, JSON. Shared by every bench."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    unit: str
+    samples: list[float] = field(default_factory=list)
+    vs: str | None = None  # name of the row in the same section this one is divided by
+    note: str = ""
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+
+@dataclass
+class Report:
+    facts: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+
+    def row(self, section: str, name: str, unit: str, *, vs: str | None = None, note: str = "") -> Row:
+        for row in self.rows:
+            if row.section == section and row.name == name:
+                return row
+        row = Row(section, name, unit, vs=vs, note=note)
+        self.rows.append(row)
+        return row
+
+    def ratio(self, row: Row) -> float | None:
+        base = next((r for r in self.rows if r.section == row.section and r.name == row.vs), None)
+        if base is None or not base.median or row.median is None:
+            return None
+        return row.median / base.median
+
+    def grouped(self) -> list[Row]:
+        """Rows with each section's rows together, sections in order of first appearance."""
+        order = {s: i for i, s in reversed(list(enumerate(r.section for r in self.rows)))}
+        return sorted(self.rows, key=lambda r: order[r.section])
+
+    def to_json(self) -> dict[str, Any]:
+        rows = [
+            {
+                "section": r.section,
+                "name": r.name,
+                "unit": r.unit,
+                "median": r.median,
+                "samples": r.samples,
+                "vs": r.vs,
+                "ratio": self.ratio(r),
+                "note": r.note,
+            }
+            for r in self.grouped()
+        ]
+        return {"facts": self.facts, "rows": rows}
+
+    def median_of(self, section: str, name: str) -> float | None:
+        return next((r.median for r in self.rows if r.section == section and r.name == name), None)
