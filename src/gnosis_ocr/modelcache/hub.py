@@ -141,7 +141,8 @@ class HubClient:
         if isinstance(exc, RemoteEntryNotFoundError):
             return HubError(f"The hub at {self.endpoint} has no file {where}; the commit listing changed?")
         return HubError(
-            f"Could not reach the model hub at {self.endpoint} for {where}: {type(exc).__name__}: {exc}",
+            f"Could not reach the model hub at {self.endpoint} for {where}: "
+            f"{type(exc).__name__}: {str(exc).rstrip('.')}.",
             hint="Check the network and HF_ENDPOINT. A cache that is already complete needs no network.",
         )
 
