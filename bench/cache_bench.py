@@ -34,7 +34,7 @@ from tests.support.fuse import RcloneMount, fuse_available
 from tests.support.hubserver import LocalHub
 from tests.support.objectstores import FakeGcs, child_env  # sets the gcsfs switch; gcsfs itself loads lazily
 
-from bench.report import Report
+from bench.report import Report, print_facts_and_rows
 from gnosis_ocr.modelcache import ModelCache
 from gnosis_ocr.modelcache.push import push_snapshot
 from gnosis_ocr.modelcache.weights import read_files
@@ -513,43 +513,8 @@ def bench_starters(b: Bench, gcs: FakeGcs) -> None:
 # -- output -----------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
-    return f"{value:.{digits}f}"
-
-
 def print_report(report: Report) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=180, highlight=False)
-    console.print("[bold]gnosis-ocr model cache benchmark[/bold]")
-    for key, value in report.facts.items():
-        console.print(f"  {key}: {value}")
-    table = Table(show_lines=False)
-    for name, justify in (("section", "left"), ("measurement", "left"), ("median", "right"), ("unit", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for name in ("min-max", "n", "ratio", "note"):
-        table.add_column(name, justify="right" if name in ("n", "ratio") else "left")
-    last = None
-    for row in report.grouped():
-        ratio = report.ratio(row)
-        span = f"{_fmt(min(row.samples))}-{_fmt(max(row.samples))}" if row.samples else ""
-        table.add_row(
-            row.section if row.section != last else "",
-            row.name,
-            _fmt(row.median),
-            row.unit,
-            span,
-            str(len(row.samples)) if row.samples else "",
-            f"{ratio:.2f}x" if ratio is not None else "",
-            row.note,
-            end_section=False,
-        )
-        last = row.section
-    console.print(table)
+    print_facts_and_rows(report, "gnosis-ocr model cache benchmark", width=180)
 
 
 # -- main -------------------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ from bench.ocr_quality import (
     rendered,
     throughput_specs,
 )
-from bench.report import Report
+from bench.report import Report, print_facts_and_rows
 from gnosis_ocr.documents import Page, open_document
 from gnosis_ocr.engines.tesseract import OEM_DEFAULT, PSM_AUTO, TesseractEngine, find_tessdata
 from gnosis_ocr.jobs.pipeline import OcrOptions, TextLayerPolicy, ocr_document
@@ -361,42 +361,12 @@ def verdict(report: OcrReport) -> str:
 # -- output -----------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2 if abs(value) >= 0.1 else 3
-    return f"{value:.{digits}f}"
-
-
 def print_report(report: OcrReport) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=160, highlight=False)
-    console.print("[bold]gnosis-ocr OCR benchmark[/bold]")
-    for key, value in report.facts.items():
-        console.print(f"  {key}: {value}")
-    table = Table()
-    for name in ("section", "measurement", "median", "unit", "min-max", "n", "ratio", "note"):
-        table.add_column(name, justify="right" if name in ("median", "n", "ratio") else "left")
-    last = None
-    for row in report.grouped():
-        ratio = report.ratio(row)
-        span = f"{_fmt(min(row.samples))}-{_fmt(max(row.samples))}" if row.samples else ""
-        table.add_row(
-            row.section if row.section != last else "",
-            row.name,
-            _fmt(row.median),
-            row.unit,
-            span,
-            str(len(row.samples)),
-            f"{ratio:.2f}x" if ratio is not None else "",
-            row.note,
-        )
-        last = row.section
-    console.print(table)
+    print_facts_and_rows(report, "gnosis-ocr OCR benchmark", width=160)
     if report.kinds:
-        console.print(quality_table(report.kinds))
+        from rich.console import Console
+
+        Console(width=160, highlight=False).print(quality_table(report.kinds))
 
 
 # -- main -------------------------------------------------------------------------------------------------------

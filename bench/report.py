@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 @dataclass
@@ -63,3 +66,46 @@ class Report:
 
     def median_of(self, section: str, name: str) -> float | None:
         return next((r.median for r in self.rows if r.section == section and r.name == name), None)
+
+
+def fmt(value: float | None) -> str:
+    """A median for the table: fewer decimals the larger it is."""
+    if value is None:
+        return "-"
+    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2 if abs(value) >= 0.1 else 3
+    return f"{value:.{digits}f}"
+
+
+def rows_table(report: Report) -> Table:
+    """The rows as a rich table: section, measurement, median, unit, min-max, n, ratio, note."""
+    from rich.table import Table
+
+    table = Table()
+    for name in ("section", "measurement", "median", "unit", "min-max", "n", "ratio", "note"):
+        table.add_column(name, justify="right" if name in ("median", "n", "ratio") else "left")
+    last = None
+    for row in report.grouped():
+        ratio = report.ratio(row)
+        span = f"{fmt(min(row.samples))}-{fmt(max(row.samples))}" if row.samples else ""
+        table.add_row(
+            row.section if row.section != last else "",
+            row.name,
+            fmt(row.median),
+            row.unit,
+            span,
+            str(len(row.samples)) if row.samples else "",
+            f"{ratio:.2f}x" if ratio is not None else "",
+            row.note,
+        )
+        last = row.section
+    return table
+
+
+def print_facts_and_rows(report: Report, title: str, width: int) -> None:
+    from rich.console import Console
+
+    console = Console(width=width, highlight=False)
+    console.print(f"[bold]{title}[/bold]")
+    for key, value in report.facts.items():
+        console.print(f"  {key}: {value}")
+    console.print(rows_table(report))
