@@ -568,8 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.facts["bench seconds"] = round(time.monotonic() - started, 1)
         print_report(report)
         if args.json_out is not None:
-            args.json_out.parent.mkdir(parents=True, exist_ok=True)
-            args.json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+            report.write_json(args.json_out)
     return 0
 
 

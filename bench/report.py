@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -63,6 +65,10 @@ class Report:
             for r in self.grouped()
         ]
         return {"facts": self.facts, "rows": rows}
+
+    def write_json(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
     def median_of(self, section: str, name: str) -> float | None:
         return next((r.median for r in self.rows if r.section == section and r.name == name), None)

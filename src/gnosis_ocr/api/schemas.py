@@ -147,21 +147,13 @@ def faults_out(faults: tuple[Fault, ...]) -> list[FaultOut]:
 
 
 def cache_report(report: SnapshotReport, service: ModelService) -> CacheReport:
-    return CacheReport(
-        model=report.repo_id,
-        revision=report.revision,
-        commit=report.commit,
-        state=report.state,
-        check=report.check,
-        path=str(report.snapshot_dir) if report.snapshot_dir else None,
-        files=len(report.manifest.files) if report.manifest else None,
-        size_bytes=report.size_on_disk,
-        expected_bytes=report.expected_size,
-        faults=faults_out(report.faults),
-        leftovers=list(report.leftovers),
-        cache_root=str(service.cache.root),
-        policy=service.mode,
-        warm=warm_out(service.warm_state()),
+    return CacheReport.model_validate(
+        {
+            **report.to_dict(),
+            "cache_root": str(service.cache.root),
+            "policy": service.mode,
+            "warm": warm_out(service.warm_state()),
+        }
     )
 
 

@@ -54,21 +54,7 @@ def _target(settings: Settings, model: str | None, revision: str | None) -> tupl
 
 
 def _report_doc(report: SnapshotReport, settings: Settings) -> dict[str, Any]:
-    return {
-        "model": report.repo_id,
-        "revision": report.revision,
-        "commit": report.commit,
-        "state": report.state,
-        "check": report.check,
-        "path": str(report.snapshot_dir) if report.snapshot_dir else None,
-        "files": len(report.manifest.files) if report.manifest else None,
-        "size_bytes": report.size_on_disk,
-        "expected_bytes": report.expected_size,
-        "faults": [{"path": f.path, "kind": f.kind, "detail": f.detail} for f in report.faults],
-        "leftovers": list(report.leftovers),
-        "cache_root": str(settings.cache_root),
-        "policy": settings.cache_mode,
-    }
+    return {**report.to_dict(), "cache_root": str(settings.cache_root), "policy": settings.cache_mode}
 
 
 def _print_report(report: SnapshotReport, settings: Settings) -> None:

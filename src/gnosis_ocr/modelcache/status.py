@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from gnosis_ocr.modelcache.hashing import sha256_file
 from gnosis_ocr.modelcache.layout import RepoLayout, is_commit, is_temp_name, safe_relpath
@@ -61,6 +61,22 @@ class SnapshotReport:
     @property
     def expected_size(self) -> int | None:
         return self.manifest.total_size if self.manifest else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as `cache status --json` prints it (the edges add where the cache is and its policy)."""
+        return {
+            "model": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "state": self.state,
+            "check": self.check,
+            "path": str(self.snapshot_dir) if self.snapshot_dir else None,
+            "files": len(self.manifest.files) if self.manifest else None,
+            "size_bytes": self.size_on_disk,
+            "expected_bytes": self.expected_size,
+            "faults": [{"path": f.path, "kind": f.kind, "detail": f.detail} for f in self.faults],
+            "leftovers": list(self.leftovers),
+        }
 
     def summary(self) -> str:
         name = f"{self.repo_id}@{self.revision}"
