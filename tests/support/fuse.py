@@ -41,7 +41,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -49,7 +48,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol, Self
 
-from tests.support.objectstores import free_port
+from tests.support.objectstores import free_port, terminate
 
 
 class _Store(Protocol):
@@ -118,12 +117,7 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=timeout)  # it exits by itself once unmounted and flushed
         return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout)
+    terminate(proc, timeout)
 
 
 class _Mount:

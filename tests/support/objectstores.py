@@ -128,7 +128,7 @@ def _http(method: str, url: str, body: bytes | None = None, timeout: float = 10.
         return int(exc.code), exc.read()
 
 
-def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -186,7 +186,7 @@ class _ServerProcess:
 
     def stop(self) -> None:
         """Stop the server and delete its temporary folder. Safe to call twice."""
-        _terminate(self._proc)
+        terminate(self._proc)
         self._tmp.cleanup()
 
     def new_bucket(self, prefix: str = "test") -> str:
@@ -206,7 +206,7 @@ class _ServerProcess:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            _terminate(self._proc, timeout=1.0)
+            terminate(self._proc, timeout=1.0)
 
 
 # --------------------------------------------------------------------------------------------- gs://
