@@ -32,6 +32,15 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_HOST``                address ``gnosis-ocr serve`` binds (default ``127.0.0.1``; ``0.0.0.0`` in a
                                container).
 ``GNOSIS_PORT`` or ``PORT``    its port (default 7799; Cloud Run sets ``PORT``).
+``GNOSIS_STORAGE``             where the service keeps jobs: a local folder (default
+                               ``$TMPDIR/gnosis-ocr/storage``), or ``gs://bucket/prefix`` / ``s3://bucket/prefix``
+                               when several instances share job state.
+``GNOSIS_JOB_TTL_SECONDS``     finished jobs are deleted after this long (default 86400).
+``GNOSIS_JOB_STALE_SECONDS``   an instance that has not written its heartbeat for this long loses its
+                               unfinished jobs to the others (shared storage; default 60).
+``GNOSIS_MAX_FILES``, ``GNOSIS_MAX_UPLOAD_BYTES``, ``GNOSIS_MAX_QUEUED_JOBS``
+                               files per job (20), bytes per upload request (1 GiB; each file is also
+                               bound by ``GNOSIS_MAX_BYTES``), jobs waiting before uploads get 503 (100).
 ``GNOSIS_API_KEY``             when set, every HTTP route but ``/healthz`` and ``/readyz`` needs it, as
                                ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (never logged).
 =============================  ==========================================================================
@@ -40,6 +49,7 @@ Variables (the seed deployment's names are honoured as they are):
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -102,6 +112,15 @@ class Settings(BaseSettings):
     max_total_pixels: int = Field(default=2_000_000_000, ge=10_000)
     max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     target_pixels: int = Field(default=2_400_000, ge=100_000)
+
+    # The service's job storage: a local folder (default, ephemeral) or gs://bucket/prefix, s3://bucket/prefix
+    # when several instances share job state. Jobs finished longer than job_ttl_seconds ago are deleted.
+    storage: str = Field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "gnosis-ocr" / "storage"))
+    job_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
+    job_stale_seconds: float = Field(default=60.0, gt=0)  # an instance silent this long gives up its jobs
+    max_files: int = Field(default=20, ge=1, le=1000)  # files per job
+    max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)  # one request, all files together
+    max_queued_jobs: int = Field(default=100, ge=1)
 
     log_level: str = "INFO"
 
