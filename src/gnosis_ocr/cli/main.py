@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from gnosis_ocr import __version__
+from gnosis_ocr.cli.batch import batch
 from gnosis_ocr.cli.cache import cache_app
 from gnosis_ocr.cli.errors import exit_code
 from gnosis_ocr.cli.ocr import ocr
@@ -36,6 +37,7 @@ app = typer.Typer(
 )
 app.add_typer(cache_app, name="cache")
 app.command()(ocr)
+app.command()(batch)
 app.command()(serve)
 
 
