@@ -198,10 +198,11 @@ def batch(
     2 bad usage (SRC missing or without documents, task index not below the count, DST not writable);
     10 the engine cannot run; others as for every command.
 
-    A Cloud Run Job of 20 tasks over a bucket (execute it again to resume, or to retry the failures):
+    A Cloud Run Job of 20 tasks over a bucket (execute it again to resume, or to retry the failures; the image's
+    entry point runs gnosis-ocr, so only --args is given; deploy/cloudrun.sh batch-job does all this):
 
       gcloud run jobs create ocr-batch --image IMAGE --tasks 20 --parallelism 20 --max-retries 3 \\
-        --task-timeout 24h --command gnosis-ocr \\
+        --task-timeout 24h \\
         --args batch,gs://my-docs/in,gs://my-docs/out,--errors-to,gs://my-docs/out/_errors
       gcloud run jobs execute ocr-batch
 
