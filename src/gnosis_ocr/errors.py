@@ -17,8 +17,12 @@
     │   ├── EncryptedDocumentError             password-protected PDF
     │   ├── BrokenDocumentError                damaged file the renderer cannot open
     │   └── DocumentLimitError                 over a page, pixel or size limit (bomb guard)
-    └── EngineError                            an OCR engine could not run
-        └── EngineUnavailableError             missing package, model or device for that engine
+    ├── EngineError                            an OCR engine could not run
+    │   └── EngineUnavailableError             missing package, model or device for that engine
+    └── JobError                               a service job cannot be found or changed as asked
+        ├── JobNotFoundError (LookupError)     no job has this id
+        ├── JobFinishedError                   already finished (cannot cancel)
+        └── QueueFullError                     too many jobs waiting
 
 Third-party exceptions are wrapped once, where they enter (``raise ... from exc``). Only the edges (``cli``,
 ``api``) translate these into exit codes or HTTP statuses.
@@ -112,3 +116,19 @@ class EngineError(GnosisError):
 
 class EngineUnavailableError(EngineError):
     """The engine's package, model or device is missing here."""
+
+
+class JobError(GnosisError):
+    """A service job cannot be found or changed as asked."""
+
+
+class JobNotFoundError(JobError, LookupError):
+    """No job has this id (or it was deleted, or its retention time passed)."""
+
+
+class JobFinishedError(JobError):
+    """The job has already finished; it cannot be cancelled."""
+
+
+class QueueFullError(JobError):
+    """Too many jobs are waiting; the upload is refused until some finish."""

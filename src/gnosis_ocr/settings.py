@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     vlm_max_new_tokens: int = Field(default=4096, ge=1, le=32768)
     vlm_batch_size: int | None = Field(default=None, ge=1, le=64)
     text_layer: TextLayerPolicy = "auto"
+    fake_engine_delay: float = Field(default=0.0, ge=0, le=60)  # tests: seconds per page of GNOSIS_ENGINE=fake
     max_pages: int = Field(default=500, ge=1)
     max_page_pixels: int = Field(default=40_000_000, ge=10_000)
     max_total_pixels: int = Field(default=2_000_000_000, ge=10_000)

@@ -30,6 +30,10 @@ def make_settings(cache_root: Path, endpoint: str = UNREACHABLE, **overrides: An
         "cache_download_workers": 2,
         "cache_lease_ttl": 5,
         "cache_lease_wait": 30,
+        # the VLM by default: the model's life (resolve, warm, verify) is what /readyz and the cache routes follow
+        "engine": "nanonets",
+        "device": "cpu",
+        "vlm_max_new_tokens": 8,
         **overrides,
     }
     return Settings(**values)

@@ -54,7 +54,7 @@ def test_second_warm_is_409_while_the_first_runs(
 ) -> None:
     cache.warm(REPO)
     app = live(make_settings(cache_root, hub.endpoint))
-    wait_for(app.ready, 5, "readiness")
+    wait_for(app.ready, 60, "readiness")
 
     hub.throttle_bytes_per_s = 600_000
     first = app.client.post("/api/v1/cache/warm", json={"revision": "v2"})
@@ -82,7 +82,7 @@ def test_verify_finds_a_zeroed_shard_and_warm_repairs_it(
 ) -> None:
     snapshot = cache.warm(REPO).snapshot_dir
     app = live(make_settings(cache_root, hub.endpoint))
-    wait_for(app.ready, 5, "readiness")
+    wait_for(app.ready, 60, "readiness")
 
     shard = sorted(snapshot.glob("*.safetensors"))[0]
     shard.write_bytes(bytes(shard.stat().st_size))  # same size: only a hash finds it
@@ -101,7 +101,7 @@ def test_verify_finds_a_zeroed_shard_and_warm_repairs_it(
 
     repair = app.client.post("/api/v1/cache/warm")
     assert repair.status_code == 202 and repair.json()["warm"]["kind"] == "repair"
-    wait_for(app.ready, 15, "readiness after the repair")
+    wait_for(app.ready, 30, "readiness after the repair")
     again = app.client.post("/api/v1/cache/verify").json()
     assert again["state"] == "complete" and again["faults"] == []
 

@@ -93,6 +93,8 @@ def test_serve_command_serves_and_stops(tmp_path: Path) -> None:
         "MODEL_NAME": REPO,
         "HF_ENDPOINT": UNREACHABLE,
         "GNOSIS_CACHE_MODE": "offline",
+        "GNOSIS_ENGINE": "nanonets",  # the VLM: the start-up resolves (and here misses) the model
+        "GNOSIS_STORAGE": str(tmp_path / "storage"),
         "PYTHONPATH": str(ROOT),
     }
     env.pop("PORT", None)

@@ -26,7 +26,7 @@ def test_empty_cache_auto_warms_in_the_background(
     assert first.status_code == 503
     body = first.json()
     assert body["ready"] is False and body["model"] == REPO and body["cache"]["mode"] == "auto"
-    assert body["engine"] == "not loaded (jobs API not built yet)"
+    assert body["engine"]["name"] == "nanonets" and body["engine"]["state"] == "waiting for the model"
     assert body["warm"]["kind"] == "startup" and body["warm"]["running"] is True
 
     def progress_seen() -> dict[str, Any] | None:
@@ -34,7 +34,13 @@ def test_empty_cache_auto_warms_in_the_background(
         return warm if warm["bytes_done"] > 0 or not warm["running"] else None
 
     wait_for(progress_seen, 10, "download progress")
-    ready = wait_for(app.ready, 20, "the background warm")
+    ready = wait_for(app.ready, 60, "the background warm and the engine load")
+    assert ready["engine"] == {
+        "name": "nanonets",
+        "state": "ready",
+        "reason": "GNOSIS_ENGINE=nanonets",
+        "device": "cpu",
+    }
     assert ready["commit"] == app.client.get("/api/v1/cache").json()["commit"]
     assert ready["cache"] == {"state": "complete", "root": str(cache_root), "mode": "auto", "faults": []}
     size = model_size(tiny_model)
@@ -55,7 +61,7 @@ def test_complete_cache_is_ready_at_once_without_the_hub(
     commit = cache.warm(REPO).commit
     hub.reset_counters()
     app = live(make_settings(cache_root, hub.endpoint))
-    ready = wait_for(app.ready, 5, "readiness from a complete cache")
+    ready = wait_for(app.ready, 60, "readiness from a complete cache")
     assert ready["commit"] == commit and ready["cache"]["state"] == "complete"
     assert "complete in the cache" in ready["reason"]
     assert ready["warm"]["bytes_total"] == 0
@@ -73,7 +79,8 @@ def test_offline_and_absent_is_not_ready_and_says_how_to_fix_it(cache_root: Path
         body = response.json()
         return body if not body["warm"]["running"] else None
 
-    body = wait_for(settled, 5, "the start-up check")
+    body = wait_for(settled, 30, "the start-up check")
+    assert body["engine"]["state"] == "waiting for the model"
     assert body["cache"]["state"] == "absent" and body["cache"]["mode"] == "offline"
     assert f"`gnosis-ocr cache warm {REPO}`" in str(body["reason"])
     assert "GNOSIS_CACHE_MODE=offline" in str(body["reason"])

@@ -18,11 +18,16 @@ from prometheus_client import CollectorRegistry
 from gnosis_ocr import __version__
 from gnosis_ocr.api.auth import key_digest
 from gnosis_ocr.api.deps import AppContext
+from gnosis_ocr.api.engine_service import EngineService, Factory
 from gnosis_ocr.api.handlers import install_error_handlers
 from gnosis_ocr.api.metrics import HttpMetrics, MetricsMiddleware
 from gnosis_ocr.api.model_service import ModelService
 from gnosis_ocr.api.routes import cache as cache_routes
-from gnosis_ocr.api.routes import health
+from gnosis_ocr.api.routes import health, jobs, web
+from gnosis_ocr.api.routes.docs import install_docs
+from gnosis_ocr.jobs.metrics import JobMetrics
+from gnosis_ocr.jobs.runner import JobRunner, RunnerOptions
+from gnosis_ocr.jobs.store import JobStore
 from gnosis_ocr.modelcache import CacheMetrics, ModelCache, cache_from_settings
 from gnosis_ocr.settings import Settings
 
@@ -37,8 +42,15 @@ When the server has an API key (GNOSIS_API_KEY), every route but `/healthz`, `/r
 `Authorization: Bearer <key>` or `X-API-Key: <key>`. Errors are `{"error": {"type", "message", "hint"}}`."""
 
 
-def create_app(settings: Settings, *, cache: ModelCache | None = None) -> FastAPI:
-    """The app for ``settings``. ``cache``: use this ModelCache instead of building one from the settings."""
+def create_app(
+    settings: Settings,
+    *,
+    cache: ModelCache | None = None,
+    store: JobStore | None = None,
+    engine_factory: Factory | None = None,
+) -> FastAPI:
+    """The app for ``settings``. ``cache``/``store``: use these instead of building them from the settings
+    (tests hand in emulator-backed ones); ``engine_factory``: how engines are built (tests inject faults)."""
     registry = CollectorRegistry()
     if cache is None:
         cache_metrics = CacheMetrics(registry)
@@ -51,6 +63,7 @@ def create_app(settings: Settings, *, cache: ModelCache | None = None) -> FastAP
         registry=registry,
         cache_metrics=cache_metrics,
         http_metrics=HttpMetrics(registry),
+        job_metrics=JobMetrics(registry),
         api_key_sha256=key_digest(settings.api_key.get_secret_value()) if settings.api_key else None,
     )
 
@@ -71,18 +84,35 @@ def create_app(settings: Settings, *, cache: ModelCache | None = None) -> FastAP
             model_cache.endpoint,
             "required" if ctx.api_key_sha256 else "off",
         )
-        ctx.model = service
-        service.start()
+        engines = EngineService(settings, model_cache, service, factory=engine_factory)
+        job_store = store if store is not None else await anyio.to_thread.run_sync(JobStore, settings.storage)
+        runner = JobRunner(
+            job_store,
+            engines,
+            RunnerOptions(
+                limits=settings.limits(),
+                ttl_seconds=settings.job_ttl_seconds,
+                stale_seconds=settings.job_stale_seconds,
+                max_queued=settings.max_queued_jobs,
+            ),
+            metrics=ctx.job_metrics,
+        )
+        logger.info("jobs: storage %s, instance %s", job_store.url, runner.instance)
+        ctx.model, ctx.engines, ctx.jobs = service, engines, runner
+        engines.start()  # chooses and loads the default engine; starts the model service when that is the VLM
+        await anyio.to_thread.run_sync(runner.start)
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(runner.close, SHUTDOWN_TIMEOUT)
+            await anyio.to_thread.run_sync(engines.close, SHUTDOWN_TIMEOUT)
             await anyio.to_thread.run_sync(service.close, SHUTDOWN_TIMEOUT)
 
     app = FastAPI(
         title="gnosis-ocr",
         version=__version__,
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # install_docs serves Swagger UI from the package, not a CDN
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -92,4 +122,7 @@ def create_app(settings: Settings, *, cache: ModelCache | None = None) -> FastAP
     app.include_router(health.probes)
     app.include_router(health.metrics)
     app.include_router(cache_routes.router)
+    app.include_router(jobs.router)
+    app.include_router(web.router)
+    install_docs(app)
     return app

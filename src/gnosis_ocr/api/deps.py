@@ -8,9 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 
+from gnosis_ocr.api.engine_service import EngineService
 from gnosis_ocr.api.errors import UnavailableError
 from gnosis_ocr.api.metrics import HttpMetrics
 from gnosis_ocr.api.model_service import ModelService
+from gnosis_ocr.jobs.metrics import JobMetrics
+from gnosis_ocr.jobs.runner import JobRunner
 from gnosis_ocr.modelcache import CacheMetrics
 from gnosis_ocr.settings import Settings
 
@@ -24,7 +27,10 @@ class AppContext:
     cache_metrics: CacheMetrics
     http_metrics: HttpMetrics
     api_key_sha256: bytes | None
-    model: ModelService | None = None  # set by the lifespan while the app runs
+    job_metrics: JobMetrics
+    model: ModelService | None = None  # these three are set by the lifespan while the app runs
+    engines: EngineService | None = None
+    jobs: JobRunner | None = None
 
 
 def app_context(request: Request) -> AppContext:
@@ -40,5 +46,19 @@ def model_service(ctx: Annotated[AppContext, Depends(app_context)]) -> ModelServ
     return ctx.model
 
 
+def job_runner(ctx: Annotated[AppContext, Depends(app_context)]) -> JobRunner:
+    if ctx.jobs is None:
+        raise UnavailableError("The service is starting or stopping.", hint="Retry in a moment.")
+    return ctx.jobs
+
+
+def engine_service(ctx: Annotated[AppContext, Depends(app_context)]) -> EngineService:
+    if ctx.engines is None:
+        raise UnavailableError("The service is starting or stopping.", hint="Retry in a moment.")
+    return ctx.engines
+
+
 Context = Annotated[AppContext, Depends(app_context)]
 Model = Annotated[ModelService, Depends(model_service)]
+Jobs = Annotated[JobRunner, Depends(job_runner)]
+Engines = Annotated[EngineService, Depends(engine_service)]

@@ -7,7 +7,8 @@ word for, all still ``GnosisError`` so one handler serves everything::
     └── ServiceError                  the service refuses a request in its present state
         ├── ConflictError             409: something is already running, or the configuration forbids it
         ├── UnauthorizedError         401: missing or wrong API key
-        └── UnavailableError          503: not ready yet, or shutting down
+        ├── UnavailableError          503: not ready yet, or shutting down
+        └── InvalidRequestError       422: a field's value cannot be used
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from gnosis_ocr.errors import (
     EngineUnavailableError,
     GnosisError,
     HubError,
+    JobFinishedError,
+    JobNotFoundError,
     ModelNotCachedError,
     NetworkBlockedError,
     PushError,
+    QueueFullError,
     RepoNotFoundError,
     RevisionNotFoundError,
     UnsupportedDocumentError,
@@ -49,6 +53,12 @@ class UnavailableError(ServiceError):
     status = 503
 
 
+class InvalidRequestError(ServiceError):
+    """422: a request field has a value the server cannot use (engine, page selection, ...)."""
+
+    status = 422
+
+
 # The most specific class in an exception's MRO decides. A condition of the server (model missing, cache
 # corrupt, engine missing) is 503, what the hub did is 502, what the request asked for is 4xx.
 STATUS: dict[type[GnosisError], int] = {
@@ -66,6 +76,9 @@ STATUS: dict[type[GnosisError], int] = {
     DocumentLimitError: 413,
     EngineError: 500,
     EngineUnavailableError: 503,
+    JobNotFoundError: 404,
+    JobFinishedError: 409,
+    QueueFullError: 503,
 }
 
 

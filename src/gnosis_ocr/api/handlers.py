@@ -22,11 +22,12 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gnosis_ocr.api.errors import UnauthorizedError, status_for
-from gnosis_ocr.errors import GnosisError
+from gnosis_ocr.errors import GnosisError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
 AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="gnosis-ocr"'}
+RETRY_LATER = {"Retry-After": "30"}
 
 
 def error_body(kind: str, message: str, hint: str | None = None) -> dict[str, dict[str, str | None]]:
@@ -45,7 +46,11 @@ async def _gnosis_error(request: Request, exc: Exception) -> Response:
     status = status_for(exc)
     log = logger.warning if status >= 500 else logger.info
     log("%s %s -> %d %s: %s", request.method, request.url.path, status, type(exc).__name__, exc.message)
-    headers = AUTHENTICATE if isinstance(exc, UnauthorizedError) else None
+    headers: Mapping[str, str] | None = None
+    if isinstance(exc, UnauthorizedError):
+        headers = AUTHENTICATE
+    elif isinstance(exc, QueueFullError):
+        headers = RETRY_LATER
     return error_response(status, type(exc).__name__, exc.message, exc.hint, headers)
 
 

@@ -101,6 +101,7 @@ class ModelService:
         self._resolved: ResolvedModel | None = None
         self._report: SnapshotReport | None = None
         self._broken: SnapshotReport | None = None  # a check found faults in the resolved snapshot
+        self.started = False  # start() was called: the default engine needs the model
 
     def __repr__(self) -> str:
         return f"ModelService({self.model!r}@{self.revision!r}, mode={self.mode!r})"
@@ -205,6 +206,7 @@ class ModelService:
 
     def start(self) -> None:
         """Resolve the configured model in a background thread, as GNOSIS_CACHE_MODE says; returns at once."""
+        self.started = True
         self._launch("startup", self.revision, self._startup)
 
     def _startup(self, progress: _Progress) -> None:

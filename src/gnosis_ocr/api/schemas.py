@@ -7,7 +7,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gnosis_ocr.api.engine_service import EngineStatus
 from gnosis_ocr.api.model_service import ModelService, Readiness, WarmState
+from gnosis_ocr.jobs.record import (
+    DocumentEntry,
+    EngineUsed,
+    ErrorInfo,
+    JobOptions,
+    JobRecord,
+    JobStatus,
+    PageEntry,
+    Progress,
+)
 from gnosis_ocr.modelcache import Fault, SnapshotReport
 from gnosis_ocr.settings import CacheMode
 
@@ -15,7 +26,6 @@ from gnosis_ocr.settings import CacheMode
 # "." or ".."; the cache's own path checks still apply behind this.
 REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
 REVISION_MAX = 200
-ENGINE_NOT_LOADED = "not loaded (jobs API not built yet)"
 
 
 class ErrorDetail(BaseModel):
@@ -67,6 +77,13 @@ class CacheBrief(BaseModel):
     faults: list[FaultOut]
 
 
+class EngineOut(BaseModel):
+    name: str | None = Field(description="The default engine (what `engine=auto` uploads get); null while chosen.")
+    state: str = Field(description="choosing, waiting for the model, loading, ready, failed or stopped.")
+    reason: str = Field(description="Why this engine (auto picks by GPU and cache), or why it is not ready.")
+    device: str | None = None
+
+
 class ReadinessOut(BaseModel):
     ready: bool
     model: str
@@ -74,7 +91,7 @@ class ReadinessOut(BaseModel):
     commit: str | None = Field(description="The resolved commit, or the cached one while not resolved.")
     cache: CacheBrief
     warm: WarmOut
-    engine: str
+    engine: EngineOut
     reason: str
 
 
@@ -157,11 +174,21 @@ def cache_report(report: SnapshotReport, service: ModelService) -> CacheReport:
     )
 
 
-def readiness_out(readiness: Readiness, service: ModelService) -> ReadinessOut:
+def readiness_out(readiness: Readiness, service: ModelService, engine: EngineStatus) -> ReadinessOut:
+    """Ready when the default engine is loaded and, if that engine is the VLM, its model is resolved and sound."""
+    uses_model = service.started
+    if uses_model and not readiness.ready:
+        ready, reason = False, readiness.reason
+    elif not engine.ready:
+        ready, reason = False, f"engine {engine.name or '(choosing)'}: {engine.state}: {engine.reason}"
+    elif uses_model:
+        ready, reason = True, f"engine {engine.name} is loaded on {engine.device}; {readiness.reason}"
+    else:
+        ready, reason = True, f"engine {engine.name} is loaded ({engine.reason}); the VLM model is not in use"
     report = readiness.report
     resolved = readiness.resolved
     return ReadinessOut(
-        ready=readiness.ready,
+        ready=ready,
         model=service.model,
         revision=service.revision,
         commit=resolved.commit if resolved else (report.commit if report else None),
@@ -172,6 +199,74 @@ def readiness_out(readiness: Readiness, service: ModelService) -> ReadinessOut:
             faults=faults_out(report.faults) if report else [],
         ),
         warm=warm_out(readiness.warm),
-        engine=ENGINE_NOT_LOADED,
-        reason=readiness.reason,
+        engine=EngineOut(name=engine.name, state=engine.state, reason=engine.reason, device=engine.device),
+        reason=reason,
+    )
+
+
+# -- jobs ---------------------------------------------------------------------------------------------------
+
+
+class JobUrls(BaseModel):
+    self: str
+    events: str
+    result_md: str
+    result_json: str
+    result_zip: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    """A job: its status, its documents, and every page it processes (with text unless ``text=false``)."""
+
+    id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    engine: EngineUsed | None = Field(description="The engine that runs the job; null until it starts.")
+    options: JobOptions
+    error: ErrorInfo | None = Field(description="Why the whole job failed or stopped.")
+    progress: Progress
+    documents: list[DocumentEntry]
+    pages: list[PageEntry] | None = Field(description="Every page of the job; left out of some events.")
+    urls: JobUrls
+
+
+class PageOut(PageEntry):
+    html: str | None = Field(
+        default=None, description="The Markdown rendered to sanitised HTML (tables, MathML); null until done."
+    )
+    image_url: str | None = Field(default=None, description="The page image, once stored.")
+
+
+def job_urls(job_id: str) -> JobUrls:
+    base = f"/api/v1/jobs/{job_id}"
+    return JobUrls(
+        self=base,
+        events=f"{base}/events",
+        result_md=f"{base}/result.md",
+        result_json=f"{base}/result.json",
+        result_zip=f"{base}/result.zip",
+        cancel=f"{base}/cancel",
+    )
+
+
+def job_out(record: JobRecord, *, text: bool = True, pages: bool = True) -> JobOut:
+    entries: list[PageEntry] | None = None
+    if pages:
+        entries = record.pages if text else [p.model_copy(update={"markdown": None}) for p in record.pages]
+    return JobOut(
+        id=record.id,
+        status=record.status,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        engine=record.engine,
+        options=record.options,
+        error=record.error,
+        progress=record.progress(),
+        documents=record.documents,
+        pages=entries,
+        urls=job_urls(record.id),
     )

@@ -16,7 +16,7 @@ from gnosis_ocr.engines.base import Engine, EngineInfo, PageText
 from gnosis_ocr.errors import EngineUnavailableError
 
 if TYPE_CHECKING:
-    from gnosis_ocr.modelcache import ModelCache
+    from gnosis_ocr.modelcache import ModelCache, ResolvedModel
     from gnosis_ocr.settings import EngineName, Settings
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,12 @@ def choose_engine(settings: Settings, cache: ModelCache) -> tuple[EngineName, st
     return "nanonets", f"GPU; {settings.model_name} is {report.state} in the cache and will be warmed first"
 
 
-def engine_from_settings(settings: Settings, cache: ModelCache, name: EngineName | None = None) -> Engine:
-    """The engine ``name`` (default: GNOSIS_ENGINE) configured from settings; ``auto`` resolved here."""
+def engine_from_settings(
+    settings: Settings, cache: ModelCache, name: EngineName | None = None, *, resolved: ResolvedModel | None = None
+) -> Engine:
+    """The engine ``name`` (default: GNOSIS_ENGINE) configured from settings; ``auto`` resolved here.
+
+    ``resolved``: the model snapshot, when the caller has resolved it already (the VLM then loads it as it is)."""
     wanted = name or settings.engine
     reason = None
     if wanted == "auto":
@@ -74,6 +78,7 @@ def engine_from_settings(settings: Settings, cache: ModelCache, name: EngineName
             device=settings.device,
             max_new_tokens=settings.vlm_max_new_tokens,
             batch_size=settings.vlm_batch_size,
+            resolved=resolved,
         )
     elif wanted == "tesseract":
         from gnosis_ocr.engines.tesseract import TesseractEngine
@@ -82,7 +87,7 @@ def engine_from_settings(settings: Settings, cache: ModelCache, name: EngineName
     elif wanted == "fake":
         from gnosis_ocr.engines.fake import FakeEngine
 
-        engine = FakeEngine()
+        engine = FakeEngine(delay=settings.fake_engine_delay, batch_size=settings.vlm_batch_size or 4)
     else:  # pragma: no cover - Literal keeps this unreachable
         raise EngineUnavailableError(f"Unknown engine {wanted!r}.", hint="Use auto, nanonets or tesseract.")
     return _WithReason(engine, reason) if reason else engine

@@ -67,8 +67,11 @@ class NanonetsEngine:
         max_new_tokens: int = 4096,
         batch_size: int | None = None,
         prompt: str = NANONETS_PROMPT,
+        resolved: ResolvedModel | None = None,
     ) -> None:
+        """``resolved``: a snapshot the caller already resolved (the service's model service), used as it is."""
         self._cache = cache
+        self._given = resolved
         self._repo_id = repo_id
         self._revision = revision
         self._mode = mode
@@ -113,7 +116,7 @@ class NanonetsEngine:
             ) from exc
         from gnosis_ocr.modelcache.loader import ReadOptions, load_pretrained, load_processor_parts
 
-        resolved = self._cache.resolve(self._repo_id, self._revision, mode=self._mode)
+        resolved = self._given or self._cache.resolve(self._repo_id, self._revision, mode=self._mode)
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device.startswith("cuda"):
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

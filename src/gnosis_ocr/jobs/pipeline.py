@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -65,9 +65,13 @@ def ocr_document(
     name: str | None = None,
     options: OcrOptions | None = None,
     progress: PipelineProgress | None = None,
+    on_render: Callable[[Page], None] | None = None,
 ) -> DocumentResult:
     """OCR one document. DocumentError (unreadable input) and EngineError (engine cannot run) propagate;
-    anything that goes wrong with a single page is recorded on that page."""
+    anything that goes wrong with a single page is recorded on that page.
+
+    ``on_render`` sees every rendered page before it is read (the service keeps the page images); an exception
+    from it or from ``progress`` stops the document there (the service cancels jobs that way)."""
     options = options or OcrOptions()
     progress = progress or _NoProgress()
     doc_name = name or (source.name if isinstance(source, Path) else "document")
@@ -80,6 +84,8 @@ def ocr_document(
         for batch in _batches(document.pages(numbers), max(1, engine.batch_size)):
             to_ocr: list[Page] = []
             for item in batch:
+                if on_render is not None and not isinstance(item, PageError):
+                    on_render(item)
                 if isinstance(item, PageError):
                     results[item.number] = _done(
                         progress, doc_name, PageResult(item.number, "", 0.0, error=item.message)

@@ -1,0 +1,163 @@
+"""The service's engines: the default one chosen and loaded at start-up in the background, others on first use.
+
+No FastAPI here. ``auto`` picks the VLM where a CUDA GPU is (and the model is complete or may be warmed), else
+tesseract, and says why. With the VLM as default, the model service resolves the model first (warming it when the
+cache policy allows) and the engine loads from the resolved snapshot; with tesseract the model is left alone, so
+a CPU box does not download a VLM that nobody asked for (POST /api/v1/cache/warm still fills the cache).
+
+``/readyz`` is "the default engine is loaded" (and, for the VLM, "its model is resolved and unbroken").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from gnosis_ocr.api.model_service import ModelService
+from gnosis_ocr.engines import Engine, choose_engine, engine_from_settings
+from gnosis_ocr.errors import ConfigError, EngineUnavailableError, GnosisError
+from gnosis_ocr.modelcache import ModelCache
+from gnosis_ocr.settings import EngineName, Settings
+
+logger = logging.getLogger(__name__)
+
+EngineState = Literal["choosing", "waiting for the model", "loading", "ready", "failed", "stopped"]
+Factory = Callable[[Settings, ModelCache, EngineName], Engine]
+PUBLIC_ENGINES: tuple[EngineName, ...] = ("auto", "nanonets", "tesseract")
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    name: str | None  # the default engine, once chosen
+    state: EngineState
+    reason: str  # why this engine (auto), or why it is not ready
+    device: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+
+class EngineService:
+    def __init__(
+        self, settings: Settings, cache: ModelCache, model: ModelService, *, factory: Factory | None = None
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.model = model
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one engine loads at a time
+        self._engines: dict[str, Engine] = {}
+        self._status = EngineStatus(None, "choosing", "choosing the engine")
+        self._settled = threading.Event()  # the default engine is loaded or failed
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """Engine names an upload may ask for (``fake`` only on a server started with GNOSIS_ENGINE=fake)."""
+        return (*PUBLIC_ENGINES, "fake") if self.settings.engine == "fake" else PUBLIC_ENGINES
+
+    def status(self) -> EngineStatus:
+        with self._lock:
+            return self._status
+
+    def _set(self, status: EngineStatus) -> None:
+        with self._lock:
+            self._status = status
+
+    # -- start-up ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._start, name="gnosis-engine-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            name, reason = self._choose()
+            self._set(EngineStatus(name, "choosing", reason))
+            if name == "nanonets":
+                self.model.start()
+                self._set(EngineStatus(name, "waiting for the model", reason))
+                while self.model.resolved is None:
+                    if self._stopping.wait(0.2):
+                        return
+            else:
+                self.model.status()  # the cache state for /readyz, without resolving anything
+            self._set(EngineStatus(name, "loading", reason))
+            engine = self._load(name)
+            self._set(EngineStatus(name, "ready", reason, engine.info.device))
+            logger.info("engine %s ready on %s (%s)", name, engine.info.device, reason)
+        except GnosisError as exc:
+            current = self.status()
+            message = f"{exc.message} {exc.hint or ''}".strip()
+            self._set(EngineStatus(current.name, "failed", message))
+            logger.error("engine %s could not load: %s", current.name, message)
+        except Exception as exc:
+            current = self.status()
+            self._set(EngineStatus(current.name, "failed", f"{type(exc).__name__}: {exc}"))
+            logger.exception("engine %s could not load", current.name)
+        finally:
+            self._settled.set()
+
+    def _choose(self) -> tuple[EngineName, str]:
+        wanted = self.settings.engine
+        if wanted == "auto":
+            name, reason = choose_engine(self.settings, self.cache)
+            return name, f"auto: {reason}"
+        return wanted, f"GNOSIS_ENGINE={wanted}"
+
+    def _load(self, name: EngineName) -> Engine:
+        with self._load_lock:
+            engine = self._engines.get(name)
+            if engine is not None:
+                return engine
+            if self._stopping.is_set():
+                raise EngineUnavailableError("The service is stopping.")
+            engine = self._build(name)
+            engine.load()
+            self._engines[name] = engine
+            return engine
+
+    def _build(self, name: EngineName) -> Engine:
+        if self._factory is not None:
+            return self._factory(self.settings, self.cache, name)
+        resolved = self.model.resolved if name == "nanonets" else None  # loaded as resolved: no second lookup
+        return engine_from_settings(self.settings, self.cache, name, resolved=resolved)
+
+    # -- use ---------------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Engine:
+        """A loaded engine (``auto``: the default). Blocks while the default engine starts."""
+        if name not in self.choices:
+            raise ConfigError(f"Unknown engine {name!r}.", hint=f"Use one of: {', '.join(self.choices)}.")
+        if name == "auto":
+            while not self._settled.wait(0.2):
+                if self._stopping.is_set():
+                    raise EngineUnavailableError("The service is stopping.")
+            status = self.status()
+            if status.state != "ready" or status.name is None:
+                raise EngineUnavailableError(
+                    f"The default engine {status.name} is not available: {status.reason}",
+                    hint="GET /readyz says what the server is waiting for.",
+                )
+            name = status.name
+        return self._load(name)  # type: ignore[arg-type]
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._load_lock:
+            engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            try:
+                engine.close()
+            except Exception:
+                logger.exception("closing engine %s", engine.info.name)
+        current = self.status()
+        self._set(EngineStatus(current.name, "stopped", "the service is stopping", current.device))

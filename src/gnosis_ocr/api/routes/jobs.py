@@ -1,0 +1,378 @@
+"""``/api/v1/jobs``: upload documents, follow their pages, fetch results, cancel, delete (docs/API.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import StreamingResponse
+
+from gnosis_ocr.api.auth import require_api_key
+from gnosis_ocr.api.deps import Context, Jobs
+from gnosis_ocr.api.errors import InvalidRequestError
+from gnosis_ocr.api.render import markdown_to_html
+from gnosis_ocr.api.schemas import ERROR_RESPONSES, ErrorResponse, JobOut, PageOut, job_out
+from gnosis_ocr.api.uploads import ReceivedUpload, UploadLimits, receive_upload
+from gnosis_ocr.documents.model import DocumentLimits
+from gnosis_ocr.documents.pages import parse_page_selection
+from gnosis_ocr.documents.render import open_document
+from gnosis_ocr.errors import ConfigError, GnosisError, JobNotFoundError
+from gnosis_ocr.jobs.export import ascii_filename, document_stems, job_markdown, write_zip
+from gnosis_ocr.jobs.record import DocumentEntry, JobOptions, JobRecord, PageEntry, new_job_id, valid_job_id
+from gnosis_ocr.jobs.runner import JobRunner
+from gnosis_ocr.jobs.store import JobStore
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+PING_SECONDS = 15.0
+POLL_SECONDS = 1.0
+TEXT_LAYER_CHOICES = ("auto", "never", "only")
+
+_JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: ERROR_RESPONSES[401],
+    404: {"model": ErrorResponse, "description": "No such job (or it was deleted)."},
+}
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One document per part: PDF, PNG, JPEG, TIFF or WebP.",
+                        },
+                        "engine": {"type": "string", "enum": ["auto", "nanonets", "tesseract"], "default": "auto"},
+                        "pages": {"type": "string", "description": "Page selection for every document, e.g. 1-3,7."},
+                        "text_layer": {"type": "string", "enum": list(TEXT_LAYER_CHOICES), "default": "auto"},
+                    },
+                },
+                "encoding": {"file": {"contentType": "application/pdf, image/*"}},
+            }
+        },
+    }
+}
+
+
+def job_id_param(job_id: Annotated[str, PathParam(description="The id POST /api/v1/jobs returned.")]) -> str:
+    if not valid_job_id(job_id):
+        raise JobNotFoundError(
+            f"{job_id[:40]!r} is not a job id (22 URL-safe characters).", hint="Use the id POST /api/v1/jobs returned."
+        )
+    return job_id
+
+
+JobId = Annotated[str, Depends(job_id_param)]
+
+
+# -- create ------------------------------------------------------------------------------------------------
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Upload documents and start a job",
+    openapi_extra=UPLOAD_BODY,
+    responses={
+        400: {"model": ErrorResponse, "description": "Not a multipart upload with `file` parts."},
+        401: ERROR_RESPONSES[401],
+        413: {"model": ErrorResponse, "description": "Over a size, file-count, page or pixel limit."},
+        415: {"model": ErrorResponse, "description": "Not a PDF, PNG, JPEG, TIFF or WebP."},
+        422: {"model": ErrorResponse, "description": "Encrypted, broken or empty document; bad option."},
+        503: {"model": ErrorResponse, "description": "Queue full (Retry-After) or no engine."},
+    },
+)
+async def create_job(request: Request, ctx: Context, runner: Jobs) -> JobOut:
+    """Streams the files to storage (never whole into memory), checks each document, then queues the job.
+
+    A refused file creates no job and leaves nothing stored."""
+    settings = ctx.settings
+    runner.check_capacity()  # before reading the body: no point receiving 1 GiB to refuse it
+    limits = UploadLimits(
+        max_files=settings.max_files, max_file_bytes=settings.max_bytes, max_total_bytes=settings.max_upload_bytes
+    )
+    with runner.store.staging() as staging:
+        upload = await receive_upload(request, staging, limits)
+        options = _options(upload, ctx)
+        record = await anyio.to_thread.run_sync(_new_record, upload, options, settings.limits())
+        await anyio.to_thread.run_sync(_store_inputs, runner.store, record, upload)
+    try:
+        submitted = runner.submit(record)
+    except GnosisError:
+        await anyio.to_thread.run_sync(runner.store.delete, record.id)
+        raise
+    return job_out(submitted)
+
+
+def _options(upload: ReceivedUpload, ctx: Context) -> JobOptions:
+    fields = upload.fields
+    engine = fields.get("engine", "auto").strip() or "auto"
+    choices = ctx.engines.choices if ctx.engines is not None else ("auto",)
+    if engine not in choices:
+        raise InvalidRequestError(f"Unknown engine {engine[:40]!r}.", hint=f"Use one of: {', '.join(choices)}.")
+    text_layer = fields.get("text_layer", "auto").strip() or "auto"
+    if text_layer not in TEXT_LAYER_CHOICES:
+        raise InvalidRequestError(
+            f"text_layer must be one of {', '.join(TEXT_LAYER_CHOICES)}, not {text_layer[:40]!r}.",
+            hint="auto uses a PDF's own text where it is usable and the engine is not the VLM.",
+        )
+    pages = fields.get("pages", "").strip() or None
+    return JobOptions(engine=engine, pages=pages, text_layer=text_layer)  # type: ignore[arg-type]
+
+
+def _new_record(upload: ReceivedUpload, options: JobOptions, limits: DocumentLimits) -> JobRecord:
+    """Open every document (type, encryption, damage, page and pixel limits) and list the pages to process."""
+    if not upload.files:
+        raise InvalidRequestError("The upload has no file.", hint="Send each document as a `file` part.")
+    documents: list[DocumentEntry] = []
+    pages: list[PageEntry] = []
+    for item in upload.files:
+        with open_document(item.path, limits=limits, name=item.name) as document:
+            kind, count = document.kind, document.page_count
+        try:
+            numbers = parse_page_selection(options.pages, count)
+        except ConfigError as exc:
+            raise InvalidRequestError(f"{item.name}: {exc.message}", hint=exc.hint) from exc
+        documents.append(
+            DocumentEntry(
+                index=item.index, name=item.name, size_bytes=item.size, kind=kind, page_count=count, pages=numbers
+            )
+        )
+        offset = len(pages)
+        pages.extend(PageEntry(n=offset + i + 1, document=item.index, page=p) for i, p in enumerate(numbers))
+    total = len(pages)
+    if total > limits.max_pages * max(1, len(documents)):  # pragma: no cover - each document is bound already
+        raise InvalidRequestError(f"The job would process {total} pages.")
+    return JobRecord(id=new_job_id(), options=options, documents=documents, pages=pages)
+
+
+def _store_inputs(store: JobStore, record: JobRecord, upload: ReceivedUpload) -> None:
+    try:
+        for item in upload.files:
+            store.put_input(record.id, item.index, item.path)
+    except BaseException:
+        store.delete(record.id)
+        raise
+
+
+# -- read --------------------------------------------------------------------------------------------------
+
+
+async def _snapshot(runner: JobRunner, job_id: str) -> JobRecord:
+    if runner.owns(job_id):
+        return runner.snapshot(job_id)
+    return await anyio.to_thread.run_sync(runner.snapshot, job_id)
+
+
+@router.get("/{job_id}", summary="A job's status, pages and partial results", responses=_JOB_RESPONSES)
+async def get_job(
+    job_id: JobId,
+    runner: Jobs,
+    text: Annotated[bool, Query(description="Include each page's Markdown (false: lighter polling).")] = True,
+) -> JobOut:
+    return job_out(await _snapshot(runner, job_id), text=text)
+
+
+def _sse(event: str, data: str, seq: int) -> bytes:
+    return f"event: {event}\nid: {seq}\ndata: {data}\n\n".encode()
+
+
+def _state_key(record: JobRecord) -> tuple[object, ...]:
+    return (record.status, record.engine is not None, tuple(d.status for d in record.documents))
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Live progress as Server-Sent Events",
+    response_class=StreamingResponse,
+    responses={**_JOB_RESPONSES, 200: {"content": {"text/event-stream": {}}, "description": "job, page, end events"}},
+)
+async def job_events(job_id: JobId, runner: Jobs) -> StreamingResponse:
+    """`job` (the whole job) first, then `page` for each finished page and `job` (without pages) when the status
+    changes; `end` when the job has finished, then the stream closes."""
+    first = await _snapshot(runner, job_id)
+
+    async def stream() -> AsyncIterator[bytes]:
+        record = first
+        seq = 1
+        yield _sse("job", job_out(record).model_dump_json(), seq)
+        sent = {p.n for p in record.pages if p.status != "pending"}
+        key = _state_key(record)
+        event: asyncio.Event | None = runner.watch(job_id) if runner.owns(job_id) else None
+        try:
+            while not record.finished:
+                if event is not None:
+                    try:
+                        await asyncio.wait_for(event.wait(), PING_SECONDS)
+                    except TimeoutError:
+                        yield b": ping\n\n"
+                        continue
+                    event.clear()
+                else:
+                    await asyncio.sleep(POLL_SECONDS)
+                try:
+                    record = await _snapshot(runner, job_id)
+                except JobNotFoundError:
+                    seq += 1
+                    yield _sse("end", json.dumps({"status": "deleted"}), seq)
+                    return
+                for page in record.pages:
+                    if page.status != "pending" and page.n not in sent:
+                        sent.add(page.n)
+                        seq += 1
+                        yield _sse("page", page.model_dump_json(), seq)
+                if _state_key(record) != key:
+                    key = _state_key(record)
+                    seq += 1
+                    yield _sse("job", job_out(record, pages=False).model_dump_json(), seq)
+                if event is None and runner.owns(job_id):
+                    event = runner.watch(job_id)
+            seq += 1
+            yield _sse("end", json.dumps({"status": record.status}), seq)
+        finally:
+            if event is not None:
+                runner.unwatch(job_id, event)
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+def _disposition(name: str) -> str:
+    return f"attachment; filename=\"{ascii_filename(name, 'result')}\"; filename*=UTF-8''{quote(name)}"
+
+
+def _result_name(record: JobRecord, ext: str) -> str:
+    stems = document_stems(record)
+    return f"{stems[0]}.{ext}" if len(stems) == 1 else f"gnosis-{record.id}.{ext}"
+
+
+@router.get(
+    "/{job_id}/result.md",
+    summary="The Markdown of every page so far",
+    response_class=Response,
+    responses={**_JOB_RESPONSES, 200: {"content": {"text/markdown": {}}}},
+)
+async def result_md(job_id: JobId, runner: Jobs) -> Response:
+    record = await _snapshot(runner, job_id)
+    headers = {"X-Job-Status": record.status, "Content-Disposition": _disposition(_result_name(record, "md"))}
+    return Response(job_markdown(record), media_type="text/markdown; charset=utf-8", headers=headers)
+
+
+@router.get("/{job_id}/result.json", summary="The job with every page's text", responses=_JOB_RESPONSES)
+async def result_json(job_id: JobId, runner: Jobs, response: Response) -> JobOut:
+    record = await _snapshot(runner, job_id)
+    response.headers["X-Job-Status"] = record.status
+    response.headers["Content-Disposition"] = _disposition(_result_name(record, "json"))
+    return job_out(record)
+
+
+@router.get(
+    "/{job_id}/result.zip",
+    summary="Markdown per document, the JSON, and the page images",
+    response_class=StreamingResponse,
+    responses={**_JOB_RESPONSES, 200: {"content": {"application/zip": {}}}},
+)
+async def result_zip(job_id: JobId, runner: Jobs) -> StreamingResponse:
+    record = await _snapshot(runner, job_id)
+    spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)  # noqa: SIM115 - closed by the stream
+    body = job_out(record).model_dump_json(indent=2).encode()
+    try:
+        await anyio.to_thread.run_sync(write_zip, record, runner.store, spool, body)
+        size = spool.tell()
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await anyio.to_thread.run_sync(spool.read, 1024 * 1024):
+                yield chunk
+        finally:
+            spool.close()
+
+    headers = {
+        "X-Job-Status": record.status,
+        "Content-Disposition": _disposition(_result_name(record, "zip")),
+        "Content-Length": str(size),
+    }
+    return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
+
+
+def _page(record: JobRecord, n: int) -> PageEntry:
+    page = record.page(n)
+    if page is None:
+        raise JobNotFoundError(
+            f"Job {record.id} has no page {n}: it has {len(record.pages)}.", hint="Pages are numbered from 1."
+        )
+    return page
+
+
+RENDER_LIMIT = 256 * 1024  # characters; longer pages are shown as plain text (rendering is ~1-10 s per MB)
+
+
+def _page_html(markdown: str) -> str:
+    if len(markdown) > RENDER_LIMIT:
+        return f'<pre class="ocr-plain">{html.escape(markdown)}</pre>'
+    return markdown_to_html(markdown)
+
+
+PageNumber = Annotated[int, PathParam(ge=1, le=1_000_000, description="Page number across the job, from 1.")]
+
+
+@router.get("/{job_id}/pages/{n}", summary="One page: Markdown and sanitised HTML", responses=_JOB_RESPONSES)
+async def get_page(job_id: JobId, n: PageNumber, runner: Jobs) -> PageOut:
+    record = await _snapshot(runner, job_id)
+    page = _page(record, n)
+    html = await anyio.to_thread.run_sync(_page_html, page.markdown) if page.markdown else None
+    image_url = f"/api/v1/jobs/{job_id}/pages/{n}/image" if page.image else None
+    return PageOut(**page.model_dump(), html=html, image_url=image_url)
+
+
+@router.get(
+    "/{job_id}/pages/{n}/image",
+    summary="The page image the engine saw",
+    response_class=Response,
+    responses={**_JOB_RESPONSES, 200: {"content": {"image/png": {}}}},
+)
+async def get_page_image(job_id: JobId, n: PageNumber, runner: Jobs) -> Response:
+    record = await _snapshot(runner, job_id)
+    page = _page(record, n)
+    png = await anyio.to_thread.run_sync(runner.store.image, job_id, n) if page.image else None
+    if png is None:
+        raise JobNotFoundError(
+            f"Page {n} of job {job_id} has no image yet.", hint="Images appear as pages render; retry shortly."
+        )
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+# -- change ------------------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    summary="Stop a job at its next page",
+    responses={**_JOB_RESPONSES, 409: {"model": ErrorResponse, "description": "Already finished."}},
+)
+async def cancel_job(job_id: JobId, runner: Jobs) -> JobOut:
+    return job_out(await anyio.to_thread.run_sync(runner.cancel, job_id), text=False)
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a job and its files", responses=_JOB_RESPONSES)
+async def delete_job(job_id: JobId, runner: Jobs) -> Response:
+    await anyio.to_thread.run_sync(runner.delete, job_id)
+    return Response(status_code=204)

@@ -1,0 +1,37 @@
+"""Prometheus metrics of service jobs, on the app's registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+JOB_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+
+class JobMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.jobs = Counter("gnosis_jobs", "Jobs by how they ended (done, failed, cancelled).", ["status"], registry=r)
+        self.submitted = Counter("gnosis_jobs_submitted", "Jobs accepted by POST /api/v1/jobs.", registry=r)
+        self.pages = Counter(
+            "gnosis_pages",
+            "Pages processed by result (done, failed) and source (ocr, text-layer).",
+            ["status", "source"],
+            registry=r,
+        )
+        self.page_seconds = Histogram(
+            "gnosis_page_seconds",
+            "Engine seconds per page (text-layer pages excluded).",
+            ["engine"],
+            buckets=PAGE_BUCKETS,
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "gnosis_job_seconds", "Seconds from a job's start to its end.", buckets=JOB_BUCKETS, registry=r
+        )
+        self.queued = Gauge("gnosis_jobs_queued", "Jobs waiting for the worker.", registry=r)
+        self.running = Gauge("gnosis_jobs_running", "Jobs the worker is processing (0 or 1).", registry=r)
+        self.resumed = Counter(
+            "gnosis_jobs_resumed", "Unfinished jobs taken over after a restart or from a silent instance.", registry=r
+        )
