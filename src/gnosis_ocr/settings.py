@@ -41,8 +41,9 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_MAX_FILES``, ``GNOSIS_MAX_UPLOAD_BYTES``, ``GNOSIS_MAX_QUEUED_JOBS``
                                files per job (20), bytes per upload request (1 GiB; each file is also
                                bound by ``GNOSIS_MAX_BYTES``), jobs waiting before uploads get 503 (100).
-``GNOSIS_API_KEY``             when set, every HTTP route but ``/healthz`` and ``/readyz`` needs it, as
-                               ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (never logged).
+``GNOSIS_API_KEY``             when set, every HTTP route but ``/healthz``, ``/readyz``, the docs and the UI's
+                               files needs it, as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (never
+                               logged); several keys separated by commas are all accepted (key rotation).
 =============================  ==========================================================================
 """
 

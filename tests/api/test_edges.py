@@ -47,6 +47,14 @@ def test_api_key_guards_everything_but_the_probes(
     assert KEY not in caplog.text
 
 
+def test_several_keys_are_accepted_for_rotation(cache_root: Path, live: Callable[..., Live]) -> None:
+    app = live(make_settings(cache_root, cache_mode="offline", api_key=f" old-key , {KEY},"))
+    for key in ("old-key", KEY):
+        assert app.client.get("/api/v1/cache", headers={"X-API-Key": key}).status_code == 200, key
+    for key in ("", "old-key,", f"old-key , {KEY}", "old"):
+        assert app.client.get("/api/v1/cache", headers={"X-API-Key": key}).status_code == 401, key
+
+
 def test_errors_are_json_with_a_type_message_and_hint(cache_root: Path, live: Callable[..., Live]) -> None:
     app = live(make_settings(cache_root, cache_mode="offline"))
     c = app.client

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from gnosis_ocr import __version__
-from gnosis_ocr.api.auth import key_digest
+from gnosis_ocr.api.auth import key_digests
 from gnosis_ocr.api.deps import AppContext
 from gnosis_ocr.api.engine_service import EngineService, Factory
 from gnosis_ocr.api.handlers import install_error_handlers
@@ -64,7 +64,7 @@ def create_app(
         cache_metrics=cache_metrics,
         http_metrics=HttpMetrics(registry),
         job_metrics=JobMetrics(registry),
-        api_key_sha256=key_digest(settings.api_key.get_secret_value()) if settings.api_key else None,
+        api_key_digests=key_digests(settings.api_key.get_secret_value() if settings.api_key else None),
     )
 
     @asynccontextmanager
@@ -82,7 +82,7 @@ def create_app(
             settings.cache_mode,
             "strict" if settings.strict_offline else "count",
             model_cache.endpoint,
-            "required" if ctx.api_key_sha256 else "off",
+            f"required ({len(ctx.api_key_digests)} key(s))" if ctx.api_key_digests else "off",
         )
         engines = EngineService(settings, model_cache, service, factory=engine_factory)
         job_store = store if store is not None else await anyio.to_thread.run_sync(JobStore, settings.storage)

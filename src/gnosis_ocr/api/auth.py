@@ -1,7 +1,8 @@
 """The optional API key. When GNOSIS_API_KEY is set, protected routers depend on ``require_api_key``.
 
-The key comes as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Both sides are hashed before the
-constant-time comparison, so neither the content nor the length of the key leaks through timing.
+The key comes as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. GNOSIS_API_KEY may hold several keys
+separated by commas, so a new key can be rolled out before the old one is withdrawn. Both sides are hashed before
+the constant-time comparisons, so neither the content nor the length of a key leaks through timing.
 """
 
 from __future__ import annotations
@@ -24,18 +25,26 @@ def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def key_digests(value: str | None) -> tuple[bytes, ...]:
+    """The digests of every key in a GNOSIS_API_KEY value (comma-separated; blanks ignored)."""
+    return tuple(key_digest(k.strip()) for k in (value or "").split(",") if k.strip())
+
+
 def require_api_key(
     ctx: Context,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header: Annotated[str | None, Security(_header)],
 ) -> None:
-    expected = ctx.api_key_sha256
-    if expected is None:
+    expected = ctx.api_key_digests
+    if not expected:
         return
     matched = False
     for given in (bearer.credentials if bearer else None, header):
-        if given is not None and hmac.compare_digest(key_digest(given), expected):
-            matched = True
+        if given is None:
+            continue
+        digest = key_digest(given)
+        for key in expected:  # every key is compared, match or not
+            matched |= hmac.compare_digest(digest, key)
     if not matched:
         raise UnauthorizedError(
             "The API key is wrong." if bearer or header else "This route needs the API key.",

@@ -26,7 +26,7 @@ class AppContext:
     registry: CollectorRegistry
     cache_metrics: CacheMetrics
     http_metrics: HttpMetrics
-    api_key_sha256: bytes | None
+    api_key_digests: tuple[bytes, ...]  # empty: no key needed
     job_metrics: JobMetrics
     model: ModelService | None = None  # these three are set by the lifespan while the app runs
     engines: EngineService | None = None

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from gnosis_ocr.cli.cache import _parse_options
+from gnosis_ocr.cli.cache import parse_storage_options
 from gnosis_ocr.cli.errors import EXIT_PARTIAL
 from gnosis_ocr.cli.ocr import EngineChoice, TextLayer
 from gnosis_ocr.engines import engine_from_settings
@@ -217,7 +217,7 @@ def batch(
         pages=pages, text_layer=(text_layer.value if text_layer else settings.text_layer), limits=settings.limits()
     )
     check_options(options)
-    storage_options = _parse_options(option or [])
+    storage_options = parse_storage_options(option or [])
     src = open_tree(source, storage_options)
     dst = open_tree(destination, storage_options)
     errors_tree = open_tree(errors_to, storage_options) if errors_to else None

@@ -264,7 +264,7 @@ def prune(
         out.print(f"Nothing deleted. Run again with --yes to delete these {len(plan.items)} item(s).", highlight=False)
 
 
-def _parse_options(options: list[str]) -> dict[str, Any]:
+def parse_storage_options(options: list[str]) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     for item in options:
         key, sep, value = item.partition("=")
@@ -306,7 +306,11 @@ def push(
     report = cache.status(model, rev)
     with ByteProgress(err, enabled=not as_json) as progress:
         result = push_snapshot(
-            cache.layout(model), report, destination, storage_options=_parse_options(option or []), progress=progress
+            cache.layout(model),
+            report,
+            destination,
+            storage_options=parse_storage_options(option or []),
+            progress=progress,
         )
     if as_json:
         out.print_json(

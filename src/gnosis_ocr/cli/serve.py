@@ -30,12 +30,18 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the HTTP service: the REST API (OpenAPI at /docs), /healthz, /readyz and /metrics.
+    """Run the HTTP service: the web UI at /, the jobs API under /api/v1 (OpenAPI at /docs), /healthz, /readyz and
+    /metrics. docs/API.md describes every route.
 
-    It answers at once; the model is resolved in the background as GNOSIS_CACHE_MODE says: a complete cache
-    loads with no network, `auto` warms a missing model (progress in /readyz and GET /api/v1/cache), `offline`
-    stays not ready and says which command fixes it. With GNOSIS_API_KEY set, every route but the health probes
-    needs the key. SIGINT or SIGTERM stops it gracefully.
+    It answers at once and loads the default engine in the background (GNOSIS_ENGINE; auto takes the VLM with a
+    GPU, else tesseract, and /readyz says which and why). For the VLM the model is resolved first as
+    GNOSIS_CACHE_MODE says: a complete cache loads with no network, `auto` warms a missing model (progress in
+    /readyz and GET /api/v1/cache), `offline` stays not ready and says which command fixes it.
+
+    Jobs are kept in GNOSIS_STORAGE (a local folder by default; gs:// or s3:// to share them between instances)
+    and deleted GNOSIS_JOB_TTL_SECONDS after they finish; a job a restart interrupted resumes on the next start.
+    With GNOSIS_API_KEY set, every route but the health probes, the UI's files and the docs needs the key.
+    SIGINT or SIGTERM stops it gracefully: the running job stops at its next page and resumes on the next start.
     """
     overrides: dict[str, Any] = {}
     if host is not None:
