@@ -39,6 +39,7 @@ TEXT_LAYER_CHOICES = ("auto", "never", "only")
 _JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: ERROR_RESPONSES[401],
     404: {"model": ErrorResponse, "description": "No such job (or it was deleted)."},
+    422: ERROR_RESPONSES[422],
 }
 
 UPLOAD_BODY: dict[str, Any] = {
@@ -49,6 +50,7 @@ UPLOAD_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
+                    "additionalProperties": False,
                     "properties": {
                         "file": {
                             "type": "array",
