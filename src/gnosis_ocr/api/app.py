@@ -20,6 +20,7 @@ from gnosis_ocr.api.auth import key_digests
 from gnosis_ocr.api.deps import AppContext
 from gnosis_ocr.api.engine_service import EngineService, Factory
 from gnosis_ocr.api.handlers import install_error_handlers
+from gnosis_ocr.api.job_views import JobViews
 from gnosis_ocr.api.metrics import HttpMetrics, MetricsMiddleware
 from gnosis_ocr.api.model_service import ModelService
 from gnosis_ocr.api.routes import cache as cache_routes
@@ -98,7 +99,7 @@ def create_app(
             metrics=ctx.job_metrics,
         )
         logger.info("jobs: storage %s, instance %s", job_store.url, runner.instance)
-        ctx.model, ctx.engines, ctx.jobs = service, engines, runner
+        ctx.model, ctx.engines, ctx.jobs, ctx.views = service, engines, runner, JobViews(runner)
         engines.start()  # chooses and loads the default engine; starts the model service when that is the VLM
         await anyio.to_thread.run_sync(runner.start)
         try:

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from gnosis_ocr.api.engine_service import EngineService
 from gnosis_ocr.api.errors import UnavailableError
+from gnosis_ocr.api.job_views import JobViews
 from gnosis_ocr.api.metrics import HttpMetrics
 from gnosis_ocr.api.model_service import ModelService
 from gnosis_ocr.jobs.metrics import JobMetrics
@@ -31,6 +32,7 @@ class AppContext:
     model: ModelService | None = None  # these three are set by the lifespan while the app runs
     engines: EngineService | None = None
     jobs: JobRunner | None = None
+    views: JobViews | None = None
 
 
 def app_context(request: Request) -> AppContext:
@@ -52,6 +54,12 @@ def job_runner(ctx: Annotated[AppContext, Depends(app_context)]) -> JobRunner:
     return ctx.jobs
 
 
+def job_views(ctx: Annotated[AppContext, Depends(app_context)]) -> JobViews:
+    if ctx.views is None:
+        raise UnavailableError("The service is starting or stopping.", hint="Retry in a moment.")
+    return ctx.views
+
+
 def engine_service(ctx: Annotated[AppContext, Depends(app_context)]) -> EngineService:
     if ctx.engines is None:
         raise UnavailableError("The service is starting or stopping.", hint="Retry in a moment.")
@@ -61,4 +69,5 @@ def engine_service(ctx: Annotated[AppContext, Depends(app_context)]) -> EngineSe
 Context = Annotated[AppContext, Depends(app_context)]
 Model = Annotated[ModelService, Depends(model_service)]
 Jobs = Annotated[JobRunner, Depends(job_runner)]
+Views = Annotated[JobViews, Depends(job_views)]
 Engines = Annotated[EngineService, Depends(engine_service)]

@@ -93,6 +93,7 @@ class JobRunner:
         self._running: str | None = None
         self._stop_job: dict[str, str] = {}  # job id -> "cancel" | "delete"
         self._watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._versions: dict[str, int] = {}  # bumped by every change of a job held in memory
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gnosis-page-images")
@@ -129,18 +130,42 @@ class JobRunner:
 
     def snapshot(self, job_id: str) -> JobRecord:
         """A copy of the job as it stands (this instance's memory first, then the store)."""
-        with self._lock:
-            deleting = self._stop_job.get(job_id) == "delete"
-            record = None if deleting else (self._live.get(job_id) or self._finished.get(job_id))
-            if record is not None:
-                return record.model_copy(deep=True)
-        stored = None if deleting else self.store.load(job_id)
+        held = self.held(job_id)
+        if held is not None:
+            return held[1]
+        stored = self.store.load(job_id)
         if stored is None:
             raise JobNotFoundError(
                 f"No job {job_id[:40]!r}: it never existed, was deleted, or passed its retention time.",
                 hint="Upload the documents again with POST /api/v1/jobs.",
             )
         return stored
+
+    def version(self, job_id: str) -> int | None:
+        """The job's change counter while this instance holds it in memory (None otherwise): equal versions,
+        equal content, so readers can share one copy and one serialisation per version."""
+        with self._lock:
+            if self._stop_job.get(job_id) == "delete" or (job_id not in self._live and job_id not in self._finished):
+                return None
+            return self._versions.get(job_id, 0)
+
+    def held(self, job_id: str) -> tuple[int, JobRecord] | None:
+        """(version, a copy) of a job held in memory, None for others. The copy shares the page entries' values
+        (strings, numbers), not the entries: the worker replaces nothing inside them while readers hold them."""
+        with self._lock:
+            if self._stop_job.get(job_id) == "delete":
+                return None
+            record = self._live.get(job_id) or self._finished.get(job_id)
+            if record is None:
+                return None
+            copy = record.model_copy(
+                update={
+                    "documents": [d.model_copy() for d in record.documents],
+                    "pages": [p.model_copy() for p in record.pages],
+                    "engine": record.engine.model_copy() if record.engine else None,
+                }
+            )
+            return self._versions.get(job_id, 0), copy
 
     def owns(self, job_id: str) -> bool:
         with self._lock:
@@ -170,7 +195,12 @@ class JobRunner:
                 del self._watchers[job_id]
 
     def _notify(self, job_id: str) -> None:
+        """Every change to a job held in memory ends here: its version moves on and its watchers wake."""
         with self._lock:
+            if job_id in self._live or job_id in self._finished:
+                self._versions[job_id] = self._versions.get(job_id, 0) + 1
+            else:
+                self._versions.pop(job_id, None)
             watchers = list(self._watchers.get(job_id, ()))
         for loop, event in watchers:
             with contextlib.suppress(RuntimeError):  # the loop closed
@@ -284,6 +314,7 @@ class JobRunner:
             self.metrics.queued.set(len(self._queue))
             self.metrics.resumed.inc()
             self._wake.notify_all()
+        self._notify(record.id)
         done = record.progress().pages_done
         logger.info(
             "job %s: taken over from %s; resumes with %d of %d pages done",
@@ -390,6 +421,7 @@ class JobRunner:
                 revision=info.revision,
                 device=info.device,
             )
+        self._notify(job_id)
         saver = _Saver(self, record)
         try:
             for doc in record.documents:
@@ -520,7 +552,8 @@ class JobRunner:
         self._live.pop(record.id, None)
         self._finished[record.id] = record
         while len(self._finished) > FINISHED_KEPT:
-            self._finished.popitem(last=False)
+            evicted, _ = self._finished.popitem(last=False)
+            self._versions.pop(evicted, None)
         self.metrics.jobs.labels(status=status).inc()
         progress = record.progress()
         logger.info(

@@ -16,8 +16,9 @@ from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
 from gnosis_ocr.api.auth import require_api_key
-from gnosis_ocr.api.deps import Context, Jobs
+from gnosis_ocr.api.deps import Context, Jobs, Views
 from gnosis_ocr.api.errors import InvalidRequestError
+from gnosis_ocr.api.job_views import JobViews
 from gnosis_ocr.api.render import markdown_to_html
 from gnosis_ocr.api.schemas import ERROR_RESPONSES, ErrorResponse, JobOut, PageOut, job_out
 from gnosis_ocr.api.uploads import ReceivedUpload, UploadLimits, receive_upload
@@ -27,7 +28,6 @@ from gnosis_ocr.documents.render import open_document
 from gnosis_ocr.errors import ConfigError, GnosisError, JobNotFoundError
 from gnosis_ocr.jobs.export import ascii_filename, document_stems, job_markdown, write_zip
 from gnosis_ocr.jobs.record import DocumentEntry, JobOptions, JobRecord, PageEntry, new_job_id, valid_job_id
-from gnosis_ocr.jobs.runner import JobRunner
 from gnosis_ocr.jobs.store import JobStore
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
@@ -173,19 +173,30 @@ def _store_inputs(store: JobStore, record: JobRecord, upload: ReceivedUpload) ->
 # -- read --------------------------------------------------------------------------------------------------
 
 
-async def _snapshot(runner: JobRunner, job_id: str) -> JobRecord:
-    if runner.owns(job_id):
-        return runner.snapshot(job_id)
-    return await anyio.to_thread.run_sync(runner.snapshot, job_id)
+async def _snapshot(views: JobViews, job_id: str) -> JobRecord:
+    """The job, shared between readers (never modify it); from memory on the loop, from the store in a thread."""
+    if views.held(job_id):
+        return views.record(job_id)
+    return await anyio.to_thread.run_sync(views.record, job_id)
 
 
-@router.get("/{job_id}", summary="A job's status, pages and partial results", responses=_JOB_RESPONSES)
+@router.get(
+    "/{job_id}",
+    summary="A job's status, pages and partial results",
+    response_model=JobOut,
+    responses=_JOB_RESPONSES,
+)
 async def get_job(
     job_id: JobId,
-    runner: Jobs,
+    views: Views,
     text: Annotated[bool, Query(description="Include each page's Markdown (false: lighter polling).")] = True,
-) -> JobOut:
-    return job_out(await _snapshot(runner, job_id), text=text)
+) -> Response:
+    """One JSON body per job version is built and shared, so polling an unchanged job costs next to nothing."""
+    if views.held(job_id):
+        body = views.json(job_id, text=text)
+    else:
+        body = await anyio.to_thread.run_sync(lambda: views.json(job_id, text=text))
+    return Response(body, media_type="application/json")
 
 
 def _sse(event: str, data: str, seq: int) -> bytes:
@@ -202,10 +213,10 @@ def _state_key(record: JobRecord) -> tuple[object, ...]:
     response_class=StreamingResponse,
     responses={**_JOB_RESPONSES, 200: {"content": {"text/event-stream": {}}, "description": "job, page, end events"}},
 )
-async def job_events(job_id: JobId, runner: Jobs) -> StreamingResponse:
+async def job_events(job_id: JobId, runner: Jobs, views: Views) -> StreamingResponse:
     """`job` (the whole job) first, then `page` for each finished page and `job` (without pages) when the status
     changes; `end` when the job has finished, then the stream closes."""
-    first = await _snapshot(runner, job_id)
+    first = await _snapshot(views, job_id)
 
     async def stream() -> AsyncIterator[bytes]:
         record = first
@@ -226,7 +237,7 @@ async def job_events(job_id: JobId, runner: Jobs) -> StreamingResponse:
                 else:
                     await asyncio.sleep(POLL_SECONDS)
                 try:
-                    record = await _snapshot(runner, job_id)
+                    record = await _snapshot(views, job_id)
                 except JobNotFoundError:
                     seq += 1
                     yield _sse("end", json.dumps({"status": "deleted"}), seq)
@@ -267,15 +278,15 @@ def _result_name(record: JobRecord, ext: str) -> str:
     response_class=Response,
     responses={**_JOB_RESPONSES, 200: {"content": {"text/markdown": {}}}},
 )
-async def result_md(job_id: JobId, runner: Jobs) -> Response:
-    record = await _snapshot(runner, job_id)
+async def result_md(job_id: JobId, views: Views) -> Response:
+    record = await _snapshot(views, job_id)
     headers = {"X-Job-Status": record.status, "Content-Disposition": _disposition(_result_name(record, "md"))}
     return Response(job_markdown(record), media_type="text/markdown; charset=utf-8", headers=headers)
 
 
 @router.get("/{job_id}/result.json", summary="The job with every page's text", responses=_JOB_RESPONSES)
-async def result_json(job_id: JobId, runner: Jobs, response: Response) -> JobOut:
-    record = await _snapshot(runner, job_id)
+async def result_json(job_id: JobId, views: Views, response: Response) -> JobOut:
+    record = await _snapshot(views, job_id)
     response.headers["X-Job-Status"] = record.status
     response.headers["Content-Disposition"] = _disposition(_result_name(record, "json"))
     return job_out(record)
@@ -287,8 +298,8 @@ async def result_json(job_id: JobId, runner: Jobs, response: Response) -> JobOut
     response_class=StreamingResponse,
     responses={**_JOB_RESPONSES, 200: {"content": {"application/zip": {}}}},
 )
-async def result_zip(job_id: JobId, runner: Jobs) -> StreamingResponse:
-    record = await _snapshot(runner, job_id)
+async def result_zip(job_id: JobId, runner: Jobs, views: Views) -> StreamingResponse:
+    record = await _snapshot(views, job_id)
     spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)  # noqa: SIM115 - closed by the stream
     body = job_out(record).model_dump_json(indent=2).encode()
     try:
@@ -336,8 +347,8 @@ PageNumber = Annotated[int, PathParam(ge=1, le=1_000_000, description="Page numb
 
 
 @router.get("/{job_id}/pages/{n}", summary="One page: Markdown and sanitised HTML", responses=_JOB_RESPONSES)
-async def get_page(job_id: JobId, n: PageNumber, runner: Jobs) -> PageOut:
-    record = await _snapshot(runner, job_id)
+async def get_page(job_id: JobId, n: PageNumber, views: Views) -> PageOut:
+    record = await _snapshot(views, job_id)
     page = _page(record, n)
     html = await anyio.to_thread.run_sync(_page_html, page.markdown) if page.markdown else None
     image_url = f"/api/v1/jobs/{job_id}/pages/{n}/image" if page.image else None
@@ -350,8 +361,8 @@ async def get_page(job_id: JobId, n: PageNumber, runner: Jobs) -> PageOut:
     response_class=Response,
     responses={**_JOB_RESPONSES, 200: {"content": {"image/png": {}}}},
 )
-async def get_page_image(job_id: JobId, n: PageNumber, runner: Jobs) -> Response:
-    record = await _snapshot(runner, job_id)
+async def get_page_image(job_id: JobId, n: PageNumber, runner: Jobs, views: Views) -> Response:
+    record = await _snapshot(views, job_id)
     page = _page(record, n)
     png = await anyio.to_thread.run_sync(runner.store.image, job_id, n) if page.image else None
     if png is None:
