@@ -1,0 +1,114 @@
+"""The job runner without HTTP: versions move with every change, shared views are never stale, cancel and shutdown."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gnosis_ocr.api.job_views import JobViews
+from gnosis_ocr.engines.fake import FakeEngine
+from gnosis_ocr.jobs.record import DocumentEntry, JobRecord, PageEntry, new_job_id
+from gnosis_ocr.jobs.runner import JobRunner, RunnerOptions
+from gnosis_ocr.jobs.store import JobStore
+from gnosis_ocr.settings import Settings
+from tests.documents import make
+
+
+class _Engines:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+
+    def get(self, name: str) -> FakeEngine:
+        return self.engine
+
+
+def _job(store: JobStore, tmp_path: Path, pages: int) -> JobRecord:
+    pdf = make.text_pdf([[f"p{i}"] for i in range(pages)])
+    record = JobRecord(
+        id=new_job_id(),
+        documents=[
+            DocumentEntry(
+                index=0,
+                name="d.pdf",
+                size_bytes=len(pdf),
+                kind="pdf",
+                page_count=pages,
+                pages=list(range(1, pages + 1)),
+            )
+        ],
+        pages=[PageEntry(n=i, document=0, page=i) for i in range(1, pages + 1)],
+    )
+    record.documents[0].pages = list(range(1, pages + 1))
+    staged = tmp_path / f"{record.id}.upload"
+    staged.write_bytes(pdf)
+    store.put_input(record.id, 0, staged)
+    return record
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Iterator[JobRunner]:
+    store = JobStore(str(tmp_path / "storage"))
+    options = RunnerOptions(limits=Settings(storage=str(tmp_path)).limits(), save_interval=0.0)
+    runner = JobRunner(store, _Engines(FakeEngine(delay=0.05, batch_size=1)), options)
+    runner.start()
+    yield runner
+    runner.close()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_every_change_moves_the_version_and_views_follow(runner: JobRunner, tmp_path: Path) -> None:
+    views = JobViews(runner)
+    record = runner.submit(_job(runner.store, tmp_path, 6))
+    versions: list[int] = []
+    done_seen: list[int] = []  # pages done as a poller sees them
+    while True:
+        before = runner.version(record.id)
+        body = json.loads(views.json(record.id))
+        after = runner.version(record.id)
+        assert before is not None and after is not None and before <= after
+        versions.append(after)
+        done_seen.append(body["progress"]["pages_done"])
+        if body["status"] == "done":
+            break
+        time.sleep(0.005)
+    assert versions == sorted(versions) and done_seen == sorted(done_seen)  # never back in time
+    assert done_seen[-1] == 6 and len(set(versions)) > 6  # at least one change per page
+    final = runner.version(record.id)
+    assert views.json(record.id) is views.json(record.id)  # one body per version, shared
+    assert views.json(record.id, text=False) is not views.json(record.id)
+    stored = runner.store.load(record.id)
+    assert stored is not None and stored.model_dump() == views.record(record.id).model_dump()
+    assert runner.version(record.id) == final  # reading changes nothing
+
+
+def test_a_shared_copy_does_not_change_under_its_reader(runner: JobRunner, tmp_path: Path) -> None:
+    views = JobViews(runner)
+    record = runner.submit(_job(runner.store, tmp_path, 5))
+    first = views.record(record.id)
+    before = first.model_dump_json()
+    _wait(lambda: runner.snapshot(record.id).status == "done")
+    assert first.model_dump_json() == before  # the worker changed its own record, not the readers' copy
+    assert views.record(record.id).status == "done"
+
+
+def test_cancel_while_queued_and_delete_while_running(runner: JobRunner, tmp_path: Path) -> None:
+    running = runner.submit(_job(runner.store, tmp_path, 30))
+    waiting = runner.submit(_job(runner.store, tmp_path, 2))
+    _wait(lambda: runner.snapshot(running.id).status == "processing")
+    cancelled = runner.cancel(waiting.id)
+    assert cancelled.status == "cancelled" and all(p.status == "pending" for p in cancelled.pages)
+    runner.delete(running.id)
+    assert runner.version(running.id) is None  # hidden at once
+    _wait(lambda: not Path(runner.store.root, "jobs", running.id).exists())
+    with pytest.raises(LookupError):
+        runner.snapshot(running.id)
