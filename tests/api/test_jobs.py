@@ -238,3 +238,13 @@ def test_tiny_vlm_reads_the_pages_from_the_cache_with_no_network(
     }
     assert hub.request_count == 0, hub.requests
     assert app.metric("gnosis_cache_lookups_total", result="hit") == 1
+
+
+def test_a_job_fails_with_the_reason_when_the_model_cannot_come(
+    cache_root: Path, tmp_path: Path, live: Callable[..., Live]
+) -> None:
+    app = live(make_settings(cache_root, cache_mode="offline", storage=str(tmp_path / "storage")))
+    job = submit(app.client, [("a.png", make.image_bytes(make.marked_image((300, 200)), "PNG"))])
+    final = wait_finished(app.client, job["id"], timeout=30)  # never stuck in "processing"
+    assert final["status"] == "failed" and final["error"]["type"] == "EngineUnavailableError"
+    assert "gnosis-ocr cache warm" in final["error"]["message"]

@@ -139,6 +139,9 @@ class EngineService:
             while not self._settled.wait(0.2):
                 if self._stopping.is_set():
                     raise EngineUnavailableError("The service is stopping.")
+                waiting = self._model_failure()
+                if waiting is not None:  # the model will not come by itself: fail the job, do not hang it
+                    raise EngineUnavailableError(waiting, hint="GET /readyz says what the server needs.")
             status = self.status()
             if status.state != "ready" or status.name is None:
                 raise EngineUnavailableError(
@@ -147,6 +150,16 @@ class EngineService:
                 )
             name = status.name
         return self._load(name)  # type: ignore[arg-type]
+
+    def _model_failure(self) -> str | None:
+        """Why the default engine's model cannot arrive without an operator (None while it still may)."""
+        status = self.status()
+        if status.state != "waiting for the model":
+            return None
+        warm = self.model.warm_state()
+        if warm.running or warm.error is None:
+            return None
+        return f"The default engine {status.name} is waiting for its model, which is not available: {warm.error}"
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping.set()
