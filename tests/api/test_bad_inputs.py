@@ -545,7 +545,7 @@ ROWS = [
         lambda s: s.client.put(JOBS, content=b"{}"),
         405,
         "MethodNotAllowed",
-        "Method Not Allowed",
+        "PUT is not allowed on /api/v1/jobs; it takes POST.",
         hint="/docs",
         check=_allows_post,
     ),

@@ -61,6 +61,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     message = exc.detail if isinstance(exc.detail, str) and exc.detail else phrase
     if exc.status_code == 404 and message == phrase:
         message = f"No route {request.url.path}."
+    allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+    if exc.status_code == 405 and message == phrase and allowed:
+        message = f"{request.method} is not allowed on {request.url.path}; it takes {allowed}."
     hint = "The API is described at /docs." if exc.status_code in (404, 405) else None
     return error_response(exc.status_code, phrase.replace(" ", "").replace("-", ""), message, hint, exc.headers)
 
