@@ -172,6 +172,7 @@ class KindScore:
     ocr: Scores
     seconds_per_page: float  # engine seconds per page (one worker's wall time for the page)
     rotations: str  # rotations our engine applied, e.g. "270 x2"
+    deskews: str  # degrees each page was straightened by, e.g. "2, 2, 1.99"; "-" when the engine did not say
     layer: Scores | None  # the text-layer path on the same pages (None: the kind has no text layer)
 
 
@@ -181,6 +182,12 @@ SCANS: tuple[dict[str, float], ...] = (  # scan_like() arguments, mild to harsh
     {"skew": 2.0, "blur": 1.0, "noise": 30.0, "jpeg_quality": 30},
     {"skew": 2.0, "blur": 1.3, "noise": 25.0, "jpeg_quality": 35},
 )
+SKEWED: tuple[dict[str, float], ...] = (  # how far deskewing reaches: small and large turns, clean and harsh
+    {"skew": -2.0, "blur": 0.0, "noise": 0.0, "jpeg_quality": 95},  # clean print, only turned
+    {"skew": 0.5, "blur": 1.3, "noise": 25.0, "jpeg_quality": 35},
+    {"skew": 5.0, "blur": 0.8, "noise": 18.0, "jpeg_quality": 55},
+)
+TURNED_SCAN = {"skew": 2.0, "blur": 0.8, "noise": 18.0, "jpeg_quality": 55}  # on a page turned by 90 degrees
 
 
 def scan_name(scan: dict[str, float]) -> str:
@@ -202,7 +209,8 @@ def kinds(per_kind: int) -> list[Kind]:
         Kind("rotated 180", pages(rotation=180)),
         Kind("rotated 270", pages(rotation=270)),
         Kind("small 8pt", pages(count=5, size=8)),
-        *(Kind(scan_name(scan), pages(), scan=scan) for scan in SCANS),
+        *(Kind(scan_name(scan), pages(), scan=scan) for scan in SCANS + SKEWED),
+        Kind(f"rotated 90, {scan_name(TURNED_SCAN)}", pages(rotation=90), scan=TURNED_SCAN),
         Kind(
             "tiny page 200x120pt",
             tuple(PageSpec((sentences[i % len(sentences)],), size=9, pagesize=TINY) for i in range(per_kind)),
@@ -237,12 +245,14 @@ def score_kind(engine: TesseractEngine, kind: Kind, pdf: Path) -> KindScore:
     result = ocr_document(source, engine, options=OcrOptions(text_layer="never"))
     texts = page_texts(result)
     turned = [int(str(p.meta.get("rotation", 0))) for p in result.pages]
+    deskews = [p.meta.get("deskew_degrees") for p in result.pages]
     return KindScore(
         kind.name,
         len(texts),
         scores(doc.references, texts),
         sum(p.seconds for p in result.pages) / len(texts),
         ", ".join(f"{deg} x{turned.count(deg)}" for deg in sorted(set(turned))),
+        "-" if all(d is None for d in deskews) else ", ".join(f"{float(str(d)):g}" for d in deskews),
         layer_scores(engine, doc, kind.name) if kind.scan is None else None,
     )
 
@@ -256,11 +266,22 @@ def quality_table(kinds: Sequence[KindScore]) -> Any:
     from rich.table import Table
 
     table = Table(title="quality per page kind: tesseract (--text-layer never) and the text layer (auto); medians")
-    columns = ("kind", "pages", "CER", "word F1", "F1 min", "s/page", "rotation applied", "layer CER", "layer F1")
+    columns = (
+        "kind",
+        "pages",
+        "CER",
+        "word F1",
+        "F1 min",
+        "s/page",
+        "rotation applied",
+        "deskew °",
+        "layer CER",
+        "layer F1",
+    )
     for name in columns:
-        table.add_column(name, justify="left" if name in ("kind", "rotation applied") else "right")
+        table.add_column(name, justify="left" if name in ("kind", "rotation applied", "deskew °") else "right")
     for k in kinds:
         layer = (f"{k.layer.cer:.3f}", f"{k.layer.f1:.3f}") if k.layer is not None else ("-", "- (no layer)")
         ocr = (f"{k.ocr.cer:.3f}", f"{k.ocr.f1:.3f}", f"{k.ocr.f1_min:.3f}")
-        table.add_row(k.kind, str(k.pages), *ocr, f"{k.seconds_per_page:.2f}", k.rotations, *layer)
+        table.add_row(k.kind, str(k.pages), *ocr, f"{k.seconds_per_page:.2f}", k.rotations, k.deskews, *layer)
     return table

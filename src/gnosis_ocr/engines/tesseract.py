@@ -136,8 +136,9 @@ class TesseractEngine:
     """The CPU engine. ``load`` checks the install and starts ``workers`` processes; ``recognize`` reads pages.
 
     Per page ``meta``: ``rotation`` (degrees the page was turned clockwise before reading), ``confidence`` (mean
-    word confidence 0-100, None without words), ``words``, ``languages``, and ``orientation_confidence`` when OSD
-    ran. A page whose worker crashed or hung gets an ``error`` and the other pages go on.
+    word confidence 0-100, None without words), ``words``, ``languages``, ``orientation_confidence`` when OSD
+    ran, and ``deskew_degrees`` (degrees the page was turned clockwise to straighten it first; 0.0 when it was not
+    askew) unless ``deskew`` is off. A page whose worker crashed or hung gets an ``error`` and the other pages go on.
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class TesseractEngine:
         psm: int = PSM_AUTO,
         oem: int = OEM_DEFAULT,
         detect_orientation: bool = True,
+        deskew: bool = True,
         page_timeout: float = DEFAULT_PAGE_TIMEOUT,
     ) -> None:
         if not _LANGUAGE.fullmatch(languages):
@@ -167,6 +169,7 @@ class TesseractEngine:
         self._psm = psm
         self._oem = oem
         self._detect_orientation = detect_orientation
+        self._deskew = deskew
         self._page_timeout = page_timeout
         self._pool: IsolatedPool[PageTask, PageReading] | None = None
         self._found: Tessdata | None = None
@@ -219,6 +222,7 @@ class TesseractEngine:
             psm=self._psm,
             oem=self._oem,
             detect_orientation=self._detect_orientation,
+            deskew=self._deskew,
         )
         pool: IsolatedPool[PageTask, PageReading] = IsolatedPool(
             functools.partial(start_worker, config),
@@ -275,6 +279,8 @@ class TesseractEngine:
                 meta |= {"rotation": reading.rotation, "confidence": reading.confidence, "words": reading.words}
                 if reading.orientation_confidence is not None:
                     meta["orientation_confidence"] = reading.orientation_confidence
+                if reading.deskew_degrees is not None:
+                    meta["deskew_degrees"] = reading.deskew_degrees
                 return PageText(page.number, reading.markdown, seconds, meta=meta)
             case Crashed(seconds=seconds):
                 error = f"the OCR engine crashed on this page ({outcome.describe()})"

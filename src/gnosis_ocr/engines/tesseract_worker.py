@@ -10,6 +10,13 @@ mean confidence, or text lines taller than wide, which is how tesseract sees a p
 reader ask OSD for the orientation, turn the image and read it again, keeping whichever reading tesseract is more
 confident in. A 180 degree page reads as garbage at ~30 confidence; an upright one at ~90.
 
+Skew, before that. A page scanned a few degrees askew can read as nothing at all (2 degrees and a soft scan did), so
+every page's skew is estimated first (``estimate_skew``, ~15 ms a 2.4 MP page: a projection profile of the ink over
+candidate angles) and a page whose text lines clearly lean by ``DESKEW_MIN_DEGREES`` or more is turned straight
+before the first reading (``deskew``). An upright page is left exactly as it came. Small turns commute with the
+quarter turns of orientation, and the estimate looks along both axes, so a page both turned and askew is
+straightened first and then turned upright as any other.
+
 tesserocr pitfall: an iterator from ``GetIterator`` points into the API's current results. Using (or merely
 destroying) it after the next ``SetImage`` or ``Clear`` is a use-after-free that segfaults, so iterators here never
 outlive the function that made them.
@@ -18,6 +25,7 @@ outlive the function that made them.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import signal
 import time
@@ -25,6 +33,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
     from PIL import Image
 
 # Test-only fault injection. When the worker process starts with GNOSIS_TEST_CRASH_MARKER set to one of FAULTS, a
@@ -41,6 +51,16 @@ _MARKER_BYTES = bytes(channel for pixel in CRASH_MARKER_PIXELS for channel in pi
 UPRIGHT_MIN_CONFIDENCE = 70.0  # mean word confidence above which a first reading is taken as upright
 MIN_OSD_CONFIDENCE = 2.0  # OSD's orient_conf below this is a guess, not a finding
 
+# Deskew policy, tuned on rendered and scan-like pages (see ``deskew`` and ``estimate_skew``).
+DESKEW_MIN_DEGREES = 0.3  # lines turned less than this read as well unturned, and resampling would cost a little
+SKEW_MAX_DEGREES = 6.0  # the estimate searches -6..6 degrees; a best angle at the edge is not a peak
+SKEW_MIN_CONTRAST = 4.0  # text lines score 12-80 at their angle over the median angle; noise and photos 1.1-1.7
+_SKEW_WORK_PIXELS = 600_000  # the estimate works on the page reduced by a whole factor to about this size
+_SKEW_MAX_POINTS = 60_000  # ink pixels used at most (an evenly strided subset beyond that)
+_SKEW_MIN_POINTS = 200  # fewer ink pixels than this is a blank page
+_SKEW_MIN_INK_CONTRAST = 48.0  # grey levels between ink and paper below which there is no ink, only paper grain
+_COARSE_STEP, _FINE_STEP = 0.5, 0.05  # degrees
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -49,6 +69,7 @@ class WorkerConfig:
     psm: int  # page segmentation mode for reading (3, automatic, by default)
     oem: int  # OCR engine mode (3, default: LSTM where the model has it)
     detect_orientation: bool
+    deskew: bool = True  # estimate every page's skew and straighten pages askew by DESKEW_MIN_DEGREES or more
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,7 @@ class PageReading:
     confidence: float | None  # mean word confidence, 0-100; None without words
     words: int
     orientation_confidence: float | None = None  # OSD's margin for the orientation, when OSD ran
+    deskew_degrees: float | None = None  # degrees the page was turned clockwise to straighten it; None: not estimated
     seconds: float = 0.0  # time spent inside the worker
 
 
@@ -133,11 +155,14 @@ class PageReader:
         from PIL import Image
 
         image = Image.frombytes(task.mode, task.size, task.pixels)
+        turned: float | None = None
+        if self._config.deskew:
+            image, turned = deskew(image)
         try:
             reading = self._read_oriented(image)
         finally:
             self._api.Clear()
-        return replace(reading, seconds=time.perf_counter() - started)
+        return replace(reading, deskew_degrees=turned, seconds=time.perf_counter() - started)
 
     def _read_oriented(self, image: Image.Image) -> PageReading:
         first, tall_lines = self._read(image)
@@ -167,6 +192,122 @@ class PageReader:
         confidence = round(sum(confidences) / len(confidences), 1) if confidences else None
         reading = PageReading("\n\n".join(paragraphs), 0, confidence, len(confidences))
         return reading, tall > wide
+
+
+@dataclass(frozen=True)
+class Skew:
+    """What ``estimate_skew`` found."""
+
+    degrees: float  # how far the text lines are turned counter-clockwise (PIL's positive sense); 0.0: no clear angle
+    contrast: float  # profile sharpness at the best angle over the median angle's: ~1 where no angle stands out
+    vertical: bool = False  # the lines run top to bottom (a page turned by a quarter)
+
+
+def deskew(image: Image.Image) -> tuple[Image.Image, float]:
+    """The deskew policy: the image to read, and how many degrees it was turned clockwise to straighten it.
+
+    Every page is estimated (cheap next to a reading: ~15 ms against ~1 s), and only a page whose lines clearly lean
+    by ``DESKEW_MIN_DEGREES`` or more is turned, in grey, resampled bicubically onto white paper. Anything else, an
+    upright page, a blank one, a photograph, comes back as the very same image object, so it reads exactly as it
+    did without deskewing.
+    """
+    from PIL import Image
+
+    skew = estimate_skew(image)
+    if abs(skew.degrees) < DESKEW_MIN_DEGREES:
+        return image, 0.0
+    straight = image.convert("L").rotate(-skew.degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)
+    return straight, round(skew.degrees, 2)
+
+
+def estimate_skew(image: Image.Image) -> Skew:
+    """How far the page's text lines lean, by the projection profile of its ink.
+
+    The page is reduced to ~0.6 MP and binarised (Otsu). Its ink pixels are projected onto the axis across the
+    lines for each candidate angle; at the lines' own angle the profile is a comb of sharp peaks (the lines) and
+    gaps (the leading), elsewhere the peaks smear. Sharpness is the sum of squared differences between neighbouring
+    profile bins. Angles every 0.5 degree over +-6, then every 0.05 around the best, then a parabola through the
+    best three. Lines across the page are tried first; only when they show no clear angle are lines down the page
+    tried (a page turned by a quarter). ``contrast`` below ``SKEW_MIN_CONTRAST`` or a best angle at the edge of
+    the range means no angle found: ``degrees`` is then 0.0.
+    """
+    import numpy as np
+
+    factor = max(1, round(math.sqrt(image.width * image.height / _SKEW_WORK_PIXELS)))
+    small = (image.reduce(factor) if factor > 1 else image).convert("L")
+    pixels = np.asarray(small)
+    ink = _ink(pixels)
+    if ink is None:
+        return Skew(0.0, 1.0)
+    rows, columns = np.nonzero(ink)
+    if len(rows) < _SKEW_MIN_POINTS:
+        return Skew(0.0, 1.0)
+    stride = -(-len(rows) // _SKEW_MAX_POINTS)
+    # Centred, so a turn about the middle keeps every projection within one profile of the page's diagonal.
+    down = rows[::stride].astype(np.float32) - np.float32(pixels.shape[0] / 2)
+    across = columns[::stride].astype(np.float32) - np.float32(pixels.shape[1] / 2)
+    bins = math.ceil(math.hypot(*pixels.shape)) + 2
+    coarse = np.arange(-SKEW_MAX_DEGREES, SKEW_MAX_DEGREES + _COARSE_STEP / 2, _COARSE_STEP)
+    found = Skew(0.0, 1.0)
+    # Lines across: a point's place across them is y cos(a) + x sin(a); lines down: x cos(a) - y sin(a).
+    for vertical, (u, v) in ((False, (down, across)), (True, (across, -down))):
+        scores = np.array([_sharpness(u, v, degrees, bins) for degrees in coarse])
+        best = int(np.argmax(scores))
+        contrast = round(float(scores[best] / max(float(np.median(scores)), 1.0)), 1)
+        if contrast > found.contrast:
+            found = Skew(0.0, contrast, vertical)
+        if contrast < SKEW_MIN_CONTRAST:
+            continue
+        if best in (0, len(coarse) - 1):
+            return found
+        fine = np.arange(coarse[best] - _COARSE_STEP, coarse[best] + _COARSE_STEP + _FINE_STEP / 2, _FINE_STEP)
+        return Skew(_peak(fine, np.array([_sharpness(u, v, d, bins) for d in fine])), contrast, vertical)
+    return found
+
+
+def _ink(pixels: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
+    """Dark pixels by Otsu's threshold; None when dark and light differ too little to be ink on paper."""
+    import numpy as np
+
+    counts = np.bincount(pixels.ravel(), minlength=256).astype(np.float64)
+    below = np.cumsum(counts)  # pixels at or below each level
+    mass = np.cumsum(counts * np.arange(256))
+    total, total_mass = below[-1], mass[-1]
+    above = total - below
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = (total_mass * below / total - mass) ** 2 / (below * above)
+    spread[~np.isfinite(spread)] = 0.0
+    level = int(np.argmax(spread))
+    if below[level] == 0 or above[level] == 0:
+        return None
+    dark = mass[level] / below[level]
+    light = (total_mass - mass[level]) / above[level]
+    if light - dark < _SKEW_MIN_INK_CONTRAST:
+        return None
+    return pixels <= level
+
+
+def _sharpness(across: NDArray[np.float32], along: NDArray[np.float32], degrees: float, bins: int) -> float:
+    """Sum of squared differences between neighbouring bins of the ink's profile across lines at ``degrees``."""
+    import numpy as np
+
+    radians = math.radians(degrees)
+    place = across * np.float32(math.cos(radians)) + along * np.float32(math.sin(radians)) + np.float32(bins / 2)
+    profile = np.bincount(place.astype(np.intp), minlength=bins)
+    steps = np.diff(profile)
+    return float(steps @ steps)
+
+
+def _peak(angles: NDArray[np.float64], scores: NDArray[np.float64]) -> float:
+    """The best angle, refined by the parabola through it and its neighbours."""
+    best = int(scores.argmax())
+    degrees = float(angles[best])
+    if 0 < best < len(scores) - 1:
+        left, middle, right = (float(s) for s in scores[best - 1 : best + 2])
+        curve = left - 2 * middle + right
+        if curve < 0:
+            degrees += 0.5 * (left - right) / curve * float(angles[1] - angles[0])
+    return round(degrees, 3) or 0.0  # never -0.0
 
 
 def _paragraphs(iterator: _Iterator | None) -> list[str]:
