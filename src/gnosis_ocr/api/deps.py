@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
@@ -17,6 +17,8 @@ from gnosis_ocr.jobs.metrics import JobMetrics
 from gnosis_ocr.jobs.runner import JobRunner
 from gnosis_ocr.modelcache import CacheMetrics
 from gnosis_ocr.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,28 +44,27 @@ def app_context(request: Request) -> AppContext:
     return ctx
 
 
-def model_service(ctx: Annotated[AppContext, Depends(app_context)]) -> ModelService:
-    if ctx.model is None:
+def _started(value: T | None) -> T:
+    """The lifespan's object, or 503 while the app is starting or stopping."""
+    if value is None:
         raise UnavailableError("The service is starting or stopping.", hint="Retry in a moment.")
-    return ctx.model
+    return value
+
+
+def model_service(ctx: Annotated[AppContext, Depends(app_context)]) -> ModelService:
+    return _started(ctx.model)
 
 
 def job_runner(ctx: Annotated[AppContext, Depends(app_context)]) -> JobRunner:
-    if ctx.jobs is None:
-        raise UnavailableError("The service is starting or stopping.", hint="Retry in a moment.")
-    return ctx.jobs
+    return _started(ctx.jobs)
 
 
 def job_views(ctx: Annotated[AppContext, Depends(app_context)]) -> JobViews:
-    if ctx.views is None:
-        raise UnavailableError("The service is starting or stopping.", hint="Retry in a moment.")
-    return ctx.views
+    return _started(ctx.views)
 
 
 def engine_service(ctx: Annotated[AppContext, Depends(app_context)]) -> EngineService:
-    if ctx.engines is None:
-        raise UnavailableError("The service is starting or stopping.", hint="Retry in a moment.")
-    return ctx.engines
+    return _started(ctx.engines)
 
 
 Context = Annotated[AppContext, Depends(app_context)]

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from gnosis_ocr.cli.cache import parse_storage_options
 from gnosis_ocr.cli.errors import EXIT_PARTIAL
-from gnosis_ocr.cli.ocr import EngineChoice, TextLayer
+from gnosis_ocr.cli.ocr import EngineOpt, ModelOpt, TextLayerOpt
 from gnosis_ocr.engines import engine_from_settings
 from gnosis_ocr.jobs.batch import (
     BatchPlan,
@@ -110,18 +110,8 @@ def batch(
     destination: Annotated[
         str, typer.Argument(metavar="DST", help="Folder for the results: a local path, gs://bucket/prefix or s3://...")
     ],
-    engine: Annotated[
-        EngineChoice | None,
-        typer.Option(
-            "--engine",
-            "-e",
-            help="auto: the VLM with a GPU and the model, else tesseract. Default: GNOSIS_ENGINE or auto.",
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Qwen2.5-VL model id for the nanonets engine. Default: MODEL_NAME."),
-    ] = None,
+    engine: EngineOpt = None,
+    model: ModelOpt = None,
     pages: Annotated[
         str | None,
         typer.Option(
@@ -131,12 +121,7 @@ def batch(
             "document's end fails that document.",
         ),
     ] = None,
-    text_layer: Annotated[
-        TextLayer | None,
-        typer.Option(
-            "--text-layer", help="Use a PDF page's own text: auto (with the CPU engine), never, only (never OCR)."
-        ),
-    ] = None,
+    text_layer: TextLayerOpt = None,
     task_index: Annotated[
         int | None,
         typer.Option(

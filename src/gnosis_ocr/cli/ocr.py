@@ -91,6 +91,27 @@ def _targets(files: list[Path], output: Path, fmt: Format) -> dict[Path, Path]:
     return targets
 
 
+# options shared by `ocr` and `batch`
+EngineOpt = Annotated[
+    EngineChoice | None,
+    typer.Option(
+        "--engine",
+        "-e",
+        help="auto: the VLM with a GPU and the model, else tesseract. Default: GNOSIS_ENGINE or auto.",
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Qwen2.5-VL model id for the nanonets engine. Default: MODEL_NAME."),
+]
+TextLayerOpt = Annotated[
+    TextLayer | None,
+    typer.Option(
+        "--text-layer", help="Use a PDF page's own text: auto (with the CPU engine), never, only (never OCR)."
+    ),
+]
+
+
 def ocr(
     files: Annotated[
         list[Path],
@@ -117,27 +138,12 @@ def ocr(
             help="md (page markers) or json (per-page text, timings, engine, model commit). Default: from -o, else md.",
         ),
     ] = None,
-    engine: Annotated[
-        EngineChoice | None,
-        typer.Option(
-            "--engine",
-            "-e",
-            help="auto: the VLM with a GPU and the model, else tesseract. Default: GNOSIS_ENGINE or auto.",
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Qwen2.5-VL model id for the nanonets engine. Default: MODEL_NAME."),
-    ] = None,
+    engine: EngineOpt = None,
+    model: ModelOpt = None,
     pages: Annotated[
         str | None, typer.Option("--pages", "-p", help="Pages to read, e.g. 1-3,7 or 5- (1-based).")
     ] = None,
-    text_layer: Annotated[
-        TextLayer | None,
-        typer.Option(
-            "--text-layer", help="Use a PDF page's own text: auto (with the CPU engine), never, only (never OCR)."
-        ),
-    ] = None,
+    text_layer: TextLayerOpt = None,
 ) -> None:
     """Read documents and write Markdown (or JSON). A page that fails is reported and the rest completes.
 
