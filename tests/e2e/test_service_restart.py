@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,15 @@ class Server:
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[Server]]:
+def start(tmp_path: Path) -> Iterator[Callable[[], Server]]:
+    """``start()`` runs a server on this test's storage and cache (every one started is stopped afterwards)."""
     started: list[Server] = []
-    yield started
+
+    def run() -> Server:
+        started.append(Server(tmp_path / "storage", tmp_path / "cache", tmp_path / "server.log"))
+        return started[-1]
+
+    yield run
     for server in started:
         server.close()
 
@@ -85,57 +91,54 @@ def _stored(storage: Path, job_id: str) -> dict[str, Any]:
     return data
 
 
-def test_killed_mid_job_resumes_from_the_first_unfinished_page(tmp_path: Path, servers: list[Server]) -> None:
-    storage, cache, log = tmp_path / "storage", tmp_path / "cache", tmp_path / "server.log"
-    first = Server(storage, cache, log)
-    servers.append(first)
-    job = submit(first.client, [("long.pdf", make.text_pdf([[f"line of page {i}"] for i in range(1, 11)]))])
-    wait_for(lambda: _stored(storage, job["id"])["pages"][2]["status"] == "done", 60, "3 pages")
+def _running_job(server: Server, storage: Path, pages: int, done: int) -> str:
+    """Submit a ``pages``-page PDF and wait until the store shows its first ``done`` pages finished."""
+    pdf = make.text_pdf([[f"line of page {i}"] for i in range(1, pages + 1)])
+    job_id: str = submit(server.client, [("long.pdf", pdf)])["id"]
+    wait_for(lambda: _stored(storage, job_id)["pages"][done - 1]["status"] == "done", 60, f"{done} page(s)")
+    return job_id
+
+
+def test_killed_mid_job_resumes_from_the_first_unfinished_page(tmp_path: Path, start: Callable[[], Server]) -> None:
+    storage = tmp_path / "storage"
+    first = start()
+    job_id = _running_job(first, storage, pages=10, done=3)
     first.kill()
 
-    before = _stored(storage, job["id"])
+    before = _stored(storage, job_id)
     assert before["status"] == "processing"
     saved = {p["n"]: p["markdown"] for p in before["pages"] if p["status"] == "done"}
     assert 3 <= len(saved) < 10
 
-    second = Server(storage, cache, log)
-    servers.append(second)
-    final = wait_finished(second.client, job["id"], timeout=60)
+    second = start()
+    final = wait_finished(second.client, job_id, timeout=60)
     assert final["status"] == "done" and final["progress"]["pages_done"] == 10
-    assert all(final["pages"][n - 1]["markdown"] == text for n, text in saved.items())  # kept, not redone
+    assert all(final["pages"][n - 1]["markdown"] == text for n, text in saved.items())  # kept
     assert second.metric("gnosis_jobs_resumed_total") == 1
-    assert second.metric('gnosis_pages_total{source="ocr",status="done"}') == 10 - len(saved)
-    assert _stored(storage, job["id"])["attempts"] == 2
+    assert second.metric('gnosis_pages_total{source="ocr",status="done"}') == 10 - len(saved)  # only the rest read
+    assert _stored(storage, job_id)["attempts"] == 2
 
 
-def test_killed_mid_job_with_its_input_gone_fails_with_the_reason(tmp_path: Path, servers: list[Server]) -> None:
-    storage, cache, log = tmp_path / "storage", tmp_path / "cache", tmp_path / "server.log"
-    first = Server(storage, cache, log)
-    servers.append(first)
-    job = submit(first.client, [("long.pdf", make.text_pdf([[f"page {i}"] for i in range(1, 9)]))])
-    wait_for(lambda: _stored(storage, job["id"])["pages"][0]["status"] == "done", 60, "a first page")
+def test_killed_mid_job_with_its_input_gone_fails_with_the_reason(tmp_path: Path, start: Callable[[], Server]) -> None:
+    storage = tmp_path / "storage"
+    first = start()
+    job_id = _running_job(first, storage, pages=8, done=1)
     first.kill()
-    (storage / "jobs" / job["id"] / "inputs" / "0").unlink()
+    (storage / "jobs" / job_id / "inputs" / "0").unlink()
 
-    second = Server(storage, cache, log)
-    servers.append(second)
-    final = wait_finished(second.client, job["id"], timeout=60)
+    final = wait_finished(start().client, job_id, timeout=60)
     assert final["status"] == "failed"
     assert final["error"]["type"] == "InputLostError" and "long.pdf" in final["error"]["message"]
     assert final["pages"][0]["status"] == "done"  # what was done before stays readable
     assert all(p["status"] != "pending" for p in final["pages"])
 
 
-def test_graceful_stop_requeues_and_the_next_start_finishes(tmp_path: Path, servers: list[Server]) -> None:
-    storage, cache, log = tmp_path / "storage", tmp_path / "cache", tmp_path / "server.log"
-    first = Server(storage, cache, log)
-    servers.append(first)
-    job = submit(first.client, [("long.pdf", make.text_pdf([[f"page {i}"] for i in range(1, 9)]))])
-    wait_for(lambda: _stored(storage, job["id"])["pages"][0]["status"] == "done", 60, "a first page")
+def test_graceful_stop_requeues_and_the_next_start_finishes(tmp_path: Path, start: Callable[[], Server]) -> None:
+    storage = tmp_path / "storage"
+    first = start()
+    job_id = _running_job(first, storage, pages=8, done=1)
     first.proc.send_signal(signal.SIGTERM)
     first.proc.wait(20)
-    assert _stored(storage, job["id"])["status"] == "queued"
+    assert _stored(storage, job_id)["status"] == "queued"
 
-    second = Server(storage, cache, log)
-    servers.append(second)
-    assert wait_finished(second.client, job["id"], timeout=60)["status"] == "done"
+    assert wait_finished(start().client, job_id, timeout=60)["status"] == "done"

@@ -7,11 +7,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 
 from gnosis_ocr.cli.cache import parse_storage_options
 from gnosis_ocr.cli.errors import EXIT_PARTIAL
 from gnosis_ocr.cli.ocr import EngineOpt, ModelOpt, TextLayerOpt
+from gnosis_ocr.cli.progress import count_bars, print_engine
 from gnosis_ocr.engines import engine_from_settings
 from gnosis_ocr.jobs.batch import (
     BatchPlan,
@@ -212,17 +213,9 @@ def batch(
     chosen = None
     if plan.todo:
         chosen = engine_from_settings(settings, cache_from_settings(settings), engine.value if engine else None)
-        info = chosen.info
-        err.print(f"engine: {info.name}" + (f" ({info.reason})" if info.reason else ""), markup=False, highlight=False)
+        print_engine(err, chosen.info)
     try:
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not err.is_terminal,
-        ) as bars:
+        with count_bars(err) as bars:
             progress = _Bars(bars) if err.is_terminal else _Lines(err)
             report = run_batch(plan, src, dst, chosen, options=options, progress=progress)
     finally:

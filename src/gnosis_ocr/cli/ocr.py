@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 
 from gnosis_ocr.cli.errors import EXIT_DOCUMENT, EXIT_PARTIAL, exit_code
+from gnosis_ocr.cli.progress import count_bars, print_engine
 from gnosis_ocr.engines import engine_from_settings
 from gnosis_ocr.errors import ConfigError, DocumentError
 from gnosis_ocr.jobs.pipeline import OcrOptions
@@ -162,8 +163,7 @@ def ocr(
     err = Console(stderr=True)
     cache = cache_from_settings(settings)
     chosen = engine_from_settings(settings, cache, engine.value if engine else None)
-    info = chosen.info
-    err.print(f"engine: {info.name}" + (f" ({info.reason})" if info.reason else ""), highlight=False)
+    print_engine(err, chosen.info)
 
     from gnosis_ocr.jobs.pipeline import ocr_document
 
@@ -172,14 +172,7 @@ def ocr(
     try:
         # no chosen.load() here: engines start on their first page, so documents read entirely from their text
         # layer never start OCR workers or load a model
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not err.is_terminal,
-        ) as bars:
+        with count_bars(err) as bars:
             progress = _PageBars(bars)
             for path in files:
                 try:

@@ -1,4 +1,4 @@
-"""Rich progress bars for long cache work (downloads, hashing, uploads)."""
+"""Rich progress bars: bytes for long cache work (downloads, hashing, uploads), counts for pages and documents."""
 
 from __future__ import annotations
 
@@ -9,12 +9,33 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+from gnosis_ocr.engines.base import EngineInfo
+
+
+def count_bars(console: Console) -> Progress:
+    """Bars of done/total (pages of a document, documents of a batch); off when the console is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def print_engine(console: Console, info: EngineInfo) -> None:
+    """``engine: NAME (why auto chose it)`` on stderr, before the work starts."""
+    console.print(f"engine: {info.name}" + (f" ({info.reason})" if info.reason else ""), markup=False, highlight=False)
 
 
 class ByteProgress:

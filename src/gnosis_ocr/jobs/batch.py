@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -40,7 +39,7 @@ from gnosis_ocr.engines.base import Engine
 from gnosis_ocr.errors import ConfigError, DocumentError, DocumentLimitError, GnosisError
 from gnosis_ocr.jobs.pipeline import OcrOptions, PipelineProgress, ocr_document
 from gnosis_ocr.jobs.results import DocumentResult
-from gnosis_ocr.modelcache.fsutil import temp_path
+from gnosis_ocr.modelcache.fsutil import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -150,17 +149,7 @@ class LocalTree:
         return {p.relative_to(self.root).as_posix(): p.stat().st_size for p in self.root.rglob("*") if p.is_file()}
 
     def write(self, path: str, data: bytes) -> None:
-        target = self.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(target)
-        try:
-            with tmp.open("xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_bytes(self.root / path, data, cache=False)
 
     @contextlib.contextmanager
     def local_copy(self, path: str, folder: Path) -> Iterator[Path]:

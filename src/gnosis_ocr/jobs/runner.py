@@ -171,10 +171,6 @@ class JobRunner:
         with self._lock:
             return job_id in self._live
 
-    def queued(self) -> int:
-        with self._lock:
-            return len(self._queue)
-
     # -- watching ----------------------------------------------------------------------------------------
 
     def watch(self, job_id: str) -> asyncio.Event:

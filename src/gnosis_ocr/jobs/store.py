@@ -27,10 +27,9 @@ from pydantic import ValidationError
 
 from gnosis_ocr.errors import ConfigError
 from gnosis_ocr.jobs.record import JobRecord, valid_job_id
+from gnosis_ocr.modelcache.fsutil import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
-
-TEMP_PREFIX = ".gnosis-tmp-"
 
 
 class JobStore:
@@ -80,16 +79,7 @@ class JobStore:
 
     def _write(self, path: str, data: bytes) -> None:
         if self.local:
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_bytes(Path(path), data, cache=False)
         else:
             self.fs.pipe_file(path, data)
 

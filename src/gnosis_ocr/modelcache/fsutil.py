@@ -25,22 +25,25 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}{TEMP_MARKER}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def ensure_dir(path: Path) -> None:
+def ensure_dir(path: Path, *, cache: bool = True) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise write_error(exc, path) from exc
+        raise (write_error(exc, path) if cache else exc) from exc
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """Yield a binary file; on clean exit it is flushed, fsynced and renamed onto ``path``."""
-    ensure_dir(path.parent)
+def atomic_writer(path: Path, *, cache: bool = True) -> Iterator[BinaryIO]:
+    """Yield a binary file; on clean exit it is flushed, fsynced and renamed onto ``path``.
+
+    ``cache``: a refused write is the model cache's ``CacheReadOnlyError``; other callers (job storage, batch
+    results) pass False and get the ``OSError`` as it is."""
+    ensure_dir(path.parent, cache=cache)
     tmp = temp_path(path)
     try:
         fh = tmp.open("xb")
     except OSError as exc:
-        raise write_error(exc, path) from exc
+        raise (write_error(exc, path) if cache else exc) from exc
     try:
         with fh:
             yield fh
@@ -53,8 +56,8 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_writer(path) as fh:
+def atomic_write_bytes(path: Path, data: bytes, *, cache: bool = True) -> None:
+    with atomic_writer(path, cache=cache) as fh:
         fh.write(data)
 
 

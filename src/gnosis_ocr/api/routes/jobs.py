@@ -155,9 +155,6 @@ def _new_record(upload: ReceivedUpload, options: JobOptions, limits: DocumentLim
         )
         offset = len(pages)
         pages.extend(PageEntry(n=offset + i + 1, document=item.index, page=p) for i, p in enumerate(numbers))
-    total = len(pages)
-    if total > limits.max_pages * max(1, len(documents)):  # pragma: no cover - each document is bound already
-        raise InvalidRequestError(f"The job would process {total} pages.")
     return JobRecord(id=new_job_id(), options=options, documents=documents, pages=pages)
 
 
