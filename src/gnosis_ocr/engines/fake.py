@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from gnosis_ocr.documents.model import Page
-from gnosis_ocr.engines.base import EngineInfo, PageText
+from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText
 
 
 class FakeEngine:
@@ -33,7 +33,7 @@ class FakeEngine:
     def load(self) -> None:
         self.loaded = True
 
-    def recognize(self, pages: Sequence[Page]) -> list[PageText]:
+    def recognize(self, pages: Sequence[Page], decoding: Decoding = GREEDY) -> list[PageText]:
         self.calls.append([p.number for p in pages])
         out = []
         for page in pages:

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import overload
 
 from gnosis_ocr.documents.model import Page
-from gnosis_ocr.engines.base import EngineInfo, PageText
+from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText
 from gnosis_ocr.engines.isolation import Crashed, Done, Failed, IsolatedPool, Lost, Outcome, TimedOut
 from gnosis_ocr.engines.tesseract_worker import PageReading, PageTask, WorkerConfig, start_worker
 from gnosis_ocr.errors import ConfigError, EngineError, EngineUnavailableError
@@ -249,8 +249,9 @@ class TesseractEngine:
         self._pool = pool
         return pool
 
-    def recognize(self, pages: Sequence[Page]) -> list[PageText]:
-        """One PageText per page, in order; starts the workers first if ``load`` was not called."""
+    def recognize(self, pages: Sequence[Page], decoding: Decoding = GREEDY) -> list[PageText]:
+        """One PageText per page, in order; starts the workers first if ``load`` was not called. Tesseract does not
+        sample: ``decoding`` changes nothing."""
         pool = self._start()
         outcomes = pool.run(_Tasks(pages))
         return [self._page_text(page, outcome) for page, outcome in zip(pages, outcomes, strict=True)]
