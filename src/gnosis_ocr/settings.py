@@ -24,8 +24,27 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_TESSERACT_LANG``      tesseract languages, e.g. ``eng`` or ``eng+deu`` (default ``eng``).
 ``GNOSIS_OCR_WORKERS``         CPU engine worker processes (default: number of cores).
 ``GNOSIS_DEVICE``              ``cuda``, ``cuda:1`` or ``cpu`` for the VLM (default: cuda when present).
-``GNOSIS_VLM_MAX_NEW_TOKENS``  bound on generated tokens per page (default 4096).
-``GNOSIS_VLM_BATCH_SIZE``      pages per generation (default 4 on GPU, 1 on CPU).
+``GNOSIS_VLM_BACKEND``         ``auto`` | ``vllm`` | ``transformers``: how the VLM runs (auto: vLLM where it is
+                               installed and a GPU is present, else transformers).
+``GNOSIS_VLM_PROFILE``         the model profile (prompt, limits, output parsing); default: the model's own,
+                               else the generic Qwen2.5-VL one (``gnosis-ocr models`` lists them).
+``GNOSIS_VLM_MAX_NEW_TOKENS``  bound on generated tokens per page (default: the profile's).
+``GNOSIS_VLM_MAX_PIXELS``      page image pixel budget the model sees (default: the profile's).
+``GNOSIS_VLM_BATCH_SIZE``      transformers: pages per generation (default 4 on GPU, 1 on CPU).
+``GNOSIS_VLM_DTYPE``           ``auto`` | ``bfloat16`` | ``float16`` | ``float32`` (auto: bf16 where supported).
+``GNOSIS_VLM_GPU_MEMORY_UTILIZATION``  vLLM: share of GPU memory for weights and KV cache (default 0.90).
+``GNOSIS_VLM_MAX_MODEL_LEN``   vLLM: longest prompt + output in tokens (default 16384: a page image plus the
+                               profiles' token bounds, up to 15,000).
+``GNOSIS_VLM_MAX_NUM_SEQS``    vLLM: pages decoded together (default 64).
+``GNOSIS_VLM_LOOP_GUARD``      ``true`` (default): a VLM page whose output repeats or stops at max tokens is read
+                               again, then falls back; ``false`` takes every page as the model wrote it.
+``GNOSIS_VLM_LOOP_RETRIES``    loop guard: retries of a looping page at a rising temperature (default 2), then
+                               the page falls back to its text layer or tesseract.
+``GNOSIS_MAX_INFLIGHT_PAGES``  pages of all running jobs in the engine at once (default: what the engine asks
+                               for: vLLM's max_num_seqs, one batch for the others).
+``GNOSIS_MAX_RUNNING_JOBS``    jobs whose pages are read at the same time (default 8); others queue.
+``GNOSIS_SHUTDOWN_GRACE_SECONDS`` on shutdown, seconds the pages in flight get to finish (default 8: Cloud Run
+                               allows 10 after SIGTERM); the rest stay pending for the next start.
 ``GNOSIS_TEXT_LAYER``          ``auto`` | ``never`` | ``only``: use a PDF page's own text instead of OCR.
 ``GNOSIS_MAX_PAGES``, ``GNOSIS_MAX_PAGE_PIXELS``, ``GNOSIS_MAX_TOTAL_PIXELS``, ``GNOSIS_MAX_BYTES``,
 ``GNOSIS_TARGET_PIXELS``       limits against bombs, and the size pages are rendered to.
@@ -62,7 +81,9 @@ from gnosis_ocr.documents.model import DocumentLimits
 
 CacheMode = Literal["auto", "offline", "refresh"]
 GuardMode = Literal["count", "strict"]
-EngineName = Literal["auto", "nanonets", "tesseract", "fake"]
+EngineName = Literal["auto", "vlm", "nanonets", "tesseract", "fake"]
+VlmBackend = Literal["auto", "vllm", "transformers"]
+VlmDtype = Literal["auto", "bfloat16", "float16", "float32"]
 TextLayerPolicy = Literal["auto", "never", "only"]
 
 DEFAULT_MODEL = "nanonets/Nanonets-OCR-s"
@@ -105,8 +126,20 @@ class Settings(BaseSettings):
     tesseract_lang: str = Field(default="eng", pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$")
     ocr_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     device: str | None = None
-    vlm_max_new_tokens: int = Field(default=4096, ge=1, le=32768)
+    vlm_backend: VlmBackend = "auto"
+    vlm_profile: str | None = None
+    vlm_max_new_tokens: int | None = Field(default=None, ge=1, le=32768)
+    vlm_max_pixels: int | None = Field(default=None, ge=10_000, le=40_000_000)
     vlm_batch_size: int | None = Field(default=None, ge=1, le=64)
+    vlm_dtype: VlmDtype = "auto"
+    vlm_gpu_memory_utilization: float = Field(default=0.90, gt=0.05, le=0.99)
+    vlm_max_model_len: int = Field(default=16384, ge=256, le=131072)
+    vlm_max_num_seqs: int = Field(default=64, ge=1, le=4096)
+    vlm_loop_guard: bool = True
+    vlm_loop_retries: int = Field(default=2, ge=0, le=5)
+    max_inflight_pages: int | None = Field(default=None, ge=1, le=4096)
+    max_running_jobs: int = Field(default=8, ge=1, le=256)
+    shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=3600)
     text_layer: TextLayerPolicy = "auto"
     fake_engine_delay: float = Field(default=0.0, ge=0, le=60)  # tests: seconds per page of GNOSIS_ENGINE=fake
     max_pages: int = Field(default=500, ge=1)

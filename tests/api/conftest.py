@@ -34,6 +34,7 @@ def make_settings(cache_root: Path, endpoint: str = UNREACHABLE, **overrides: An
         "engine": "nanonets",
         "device": "cpu",
         "vlm_max_new_tokens": 8,
+        "vlm_loop_guard": False,  # 8 tokens of a random model always stop at max tokens: no loop to guard here
         **overrides,
     }
     return Settings(**values)

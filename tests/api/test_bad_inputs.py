@@ -433,7 +433,7 @@ ROWS = [
         422,
         "InvalidRequestError",
         "Unknown engine 'gpt-4o'",
-        hint="auto, nanonets, tesseract",
+        hint="auto, vlm, nanonets, tesseract",
     ),
     Row(
         "pages-0-2",

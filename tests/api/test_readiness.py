@@ -26,7 +26,7 @@ def test_empty_cache_auto_warms_in_the_background(
     assert first.status_code == 503
     body = first.json()
     assert body["ready"] is False and body["model"] == REPO and body["cache"]["mode"] == "auto"
-    assert body["engine"]["name"] == "nanonets" and body["engine"]["state"] == "waiting for the model"
+    assert body["engine"]["name"] == "vlm" and body["engine"]["state"] == "waiting for the model"
     assert body["warm"]["kind"] == "startup" and body["warm"]["running"] is True
 
     def progress_seen() -> dict[str, Any] | None:
@@ -35,13 +35,18 @@ def test_empty_cache_auto_warms_in_the_background(
 
     wait_for(progress_seen, 10, "download progress")
     ready = wait_for(app.ready, 60, "the background warm and the engine load")
+    commit = app.client.get("/api/v1/cache").json()["commit"]
     assert ready["engine"] == {
-        "name": "nanonets",
+        "name": "vlm",
         "state": "ready",
-        "reason": "GNOSIS_ENGINE=nanonets",
+        "reason": "GNOSIS_ENGINE=nanonets",  # the older name of the VLM engine still works
         "device": "cpu",
+        "backend": "transformers",
+        "model": REPO,
+        "revision": commit,
+        "profile": "generic-qwen2.5-vl",
     }
-    assert ready["commit"] == app.client.get("/api/v1/cache").json()["commit"]
+    assert ready["commit"] == commit
     assert ready["cache"] == {"state": "complete", "root": str(cache_root), "mode": "auto", "faults": []}
     size = model_size(tiny_model)
     assert ready["warm"]["running"] is False and ready["warm"]["error"] is None

@@ -1,4 +1,5 @@
-"""The job runner without HTTP: versions move with every change, shared views are never stale, cancel and shutdown."""
+"""The job runner without HTTP: versions move with every change, shared views are never stale, jobs read together
+and fairly, cancel, delete and shutdown."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,12 +51,17 @@ def _job(store: JobStore, tmp_path: Path, pages: int) -> JobRecord:
     return record
 
 
+def _runner(tmp_path: Path, engine: FakeEngine, **options: Any) -> JobRunner:
+    store = JobStore(str(tmp_path / "storage"))
+    values: dict[str, Any] = {"limits": Settings(storage=str(tmp_path)).limits(), "save_interval": 0.0, **options}
+    runner = JobRunner(store, _Engines(engine), RunnerOptions(**values))
+    runner.start()
+    return runner
+
+
 @pytest.fixture
 def runner(tmp_path: Path) -> Iterator[JobRunner]:
-    store = JobStore(str(tmp_path / "storage"))
-    options = RunnerOptions(limits=Settings(storage=str(tmp_path)).limits(), save_interval=0.0)
-    runner = JobRunner(store, _Engines(FakeEngine(delay=0.05, batch_size=1)), options)
-    runner.start()
+    runner = _runner(tmp_path, FakeEngine(delay=0.05, batch_size=1))
     yield runner
     runner.close()
 
@@ -101,7 +108,8 @@ def test_a_shared_copy_does_not_change_under_its_reader(runner: JobRunner, tmp_p
     assert views.record(record.id).status == "done"
 
 
-def test_cancel_while_queued_and_delete_while_running(runner: JobRunner, tmp_path: Path) -> None:
+def test_cancel_while_queued_and_delete_while_running(tmp_path: Path) -> None:
+    runner = _runner(tmp_path, FakeEngine(delay=0.05, batch_size=1), max_running=1)
     running = runner.submit(_job(runner.store, tmp_path, 30))
     waiting = runner.submit(_job(runner.store, tmp_path, 2))
     _wait(lambda: runner.snapshot(running.id).status == "processing")
@@ -109,6 +117,49 @@ def test_cancel_while_queued_and_delete_while_running(runner: JobRunner, tmp_pat
     assert cancelled.status == "cancelled" and all(p.status == "pending" for p in cancelled.pages)
     runner.delete(running.id)
     assert runner.version(running.id) is None  # hidden at once
+    with pytest.raises(LookupError):
+        runner.snapshot(running.id)  # 404 at once, while its pages are still being aborted
     _wait(lambda: not Path(runner.store.root, "jobs", running.id).exists())
     with pytest.raises(LookupError):
         runner.snapshot(running.id)
+    time.sleep(0.3)
+    assert not Path(runner.store.root, "jobs", running.id).exists()  # nothing wrote it back
+    runner.close()
+
+
+def test_jobs_submitted_together_all_progress_and_a_small_one_is_not_starved(tmp_path: Path) -> None:
+    runner = _runner(tmp_path, FakeEngine(delay=0.05, batch_size=2))
+    try:
+        big = runner.submit(_job(runner.store, tmp_path, 30))
+        others = [runner.submit(_job(runner.store, tmp_path, 3)) for _ in range(2)]
+        small = runner.submit(_job(runner.store, tmp_path, 1))
+        _wait(lambda: runner.snapshot(small.id).status == "done")
+        assert runner.snapshot(big.id).status == "processing"  # the 1-page job did not wait for the 30-page one
+        for job in others:
+            _wait(lambda job=job: runner.snapshot(job.id).status == "done")
+        assert runner.snapshot(big.id).progress().pages_done < 30
+        _wait(lambda: runner.snapshot(big.id).status == "done")
+        assert all(p.status == "done" for p in runner.snapshot(big.id).pages)
+    finally:
+        runner.close()
+
+
+def test_shutdown_hands_back_the_page_in_flight_and_the_next_start_reads_it(tmp_path: Path) -> None:
+    engine = FakeEngine(delay=0.4, batch_size=1)
+    runner = _runner(tmp_path, engine, shutdown_grace=0.0)
+    record = runner.submit(_job(runner.store, tmp_path, 6))
+    _wait(lambda: runner.snapshot(record.id).progress().pages_done >= 1)
+    runner.close()
+    stored = runner.store.load(record.id)
+    assert stored is not None and stored.status == "queued"
+    assert not [p for p in stored.pages if p.status == "failed"]  # the page in flight was not failed
+    left = [p.n for p in stored.pages if p.status == "pending"]
+    assert left and len(left) < 6
+    engine.calls.clear()
+    again = _runner(tmp_path, engine)
+    try:
+        _wait(lambda: again.snapshot(record.id).status == "done")
+        assert sorted(n for call in engine.calls for n in call) == left  # only the pages left were read
+        assert all(p.status == "done" for p in again.snapshot(record.id).pages)
+    finally:
+        again.close()

@@ -34,7 +34,7 @@ from gnosis_ocr.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT = 3.0  # seconds the lifespan waits for a running warm to stop
+SHUTDOWN_TIMEOUT = 3.0  # seconds the lifespan waits for a running warm or an engine to stop
 
 DESCRIPTION = """Documents to Markdown with a vision-language OCR model, served from a model cache that loads with
 zero network calls once it is complete.
@@ -95,6 +95,11 @@ def create_app(
                 ttl_seconds=settings.job_ttl_seconds,
                 stale_seconds=settings.job_stale_seconds,
                 max_queued=settings.max_queued_jobs,
+                max_running=settings.max_running_jobs,
+                max_inflight=settings.max_inflight_pages,
+                loop_guard=settings.vlm_loop_guard,
+                loop_retries=settings.vlm_loop_retries,
+                shutdown_grace=settings.shutdown_grace_seconds,
             ),
             metrics=ctx.job_metrics,
         )
@@ -105,7 +110,7 @@ def create_app(
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(runner.close, SHUTDOWN_TIMEOUT)
+            await anyio.to_thread.run_sync(runner.close)  # pages in flight get GNOSIS_SHUTDOWN_GRACE_SECONDS
             await anyio.to_thread.run_sync(engines.close, SHUTDOWN_TIMEOUT)
             await anyio.to_thread.run_sync(service.close, SHUTDOWN_TIMEOUT)
 

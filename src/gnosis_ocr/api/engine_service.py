@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gnosis_ocr.api.model_service import ModelService
-from gnosis_ocr.engines import Engine, choose_engine, engine_from_settings
+from gnosis_ocr.engines import Engine, EngineInfo, StreamingEngine, choose_engine, engine_from_settings, streaming
 from gnosis_ocr.errors import ConfigError, EngineUnavailableError, GnosisError
 from gnosis_ocr.modelcache import ModelCache
 from gnosis_ocr.settings import EngineName, Settings
@@ -25,8 +25,12 @@ from gnosis_ocr.settings import EngineName, Settings
 logger = logging.getLogger(__name__)
 
 EngineState = Literal["choosing", "waiting for the model", "loading", "ready", "failed", "stopped"]
-Factory = Callable[[Settings, ModelCache, EngineName], Engine]
-PUBLIC_ENGINES: tuple[EngineName, ...] = ("auto", "nanonets", "tesseract")
+Factory = Callable[[Settings, ModelCache, EngineName], Engine | StreamingEngine]
+PUBLIC_ENGINES: tuple[EngineName, ...] = ("auto", "vlm", "nanonets", "tesseract")  # nanonets: vlm's older name
+
+
+def canonical(name: EngineName) -> EngineName:
+    return "vlm" if name == "nanonets" else name
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class EngineStatus:
     state: EngineState
     reason: str  # why this engine (auto), or why it is not ready
     device: str | None = None
+    info: EngineInfo | None = None  # once loaded: backend, model, commit, profile
 
     @property
     def ready(self) -> bool:
@@ -51,7 +56,7 @@ class EngineService:
         self._factory = factory
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()  # one engine loads at a time
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, StreamingEngine] = {}
         self._status = EngineStatus(None, "choosing", "choosing the engine")
         self._settled = threading.Event()  # the default engine is loaded or failed
         self._stopping = threading.Event()
@@ -80,7 +85,7 @@ class EngineService:
         try:
             name, reason = self._choose()
             self._set(EngineStatus(name, "choosing", reason))
-            if name == "nanonets":
+            if name == "vlm":
                 self.model.start()
                 self._set(EngineStatus(name, "waiting for the model", reason))
                 while self.model.resolved is None:
@@ -90,7 +95,7 @@ class EngineService:
                 self.model.status()  # the cache state for /readyz, without resolving anything
             self._set(EngineStatus(name, "loading", reason))
             engine = self._load(name)
-            self._set(EngineStatus(name, "ready", reason, engine.info.device))
+            self._set(EngineStatus(name, "ready", reason, engine.info.device, engine.info))
             logger.info("engine %s ready on %s (%s)", name, engine.info.device, reason)
         except GnosisError as exc:
             current = self.status()
@@ -108,10 +113,11 @@ class EngineService:
         wanted = self.settings.engine
         if wanted == "auto":
             name, reason = choose_engine(self.settings, self.cache)
-            return name, f"auto: {reason}"
-        return wanted, f"GNOSIS_ENGINE={wanted}"
+            return canonical(name), f"auto: {reason}"
+        return canonical(wanted), f"GNOSIS_ENGINE={wanted}"
 
-    def _load(self, name: EngineName) -> Engine:
+    def _load(self, name: EngineName) -> StreamingEngine:
+        name = canonical(name)
         with self._load_lock:
             engine = self._engines.get(name)
             if engine is not None:
@@ -123,15 +129,15 @@ class EngineService:
             self._engines[name] = engine
             return engine
 
-    def _build(self, name: EngineName) -> Engine:
+    def _build(self, name: EngineName) -> StreamingEngine:
         if self._factory is not None:
-            return self._factory(self.settings, self.cache, name)
-        resolved = self.model.resolved if name == "nanonets" else None  # loaded as resolved: no second lookup
+            return streaming(self._factory(self.settings, self.cache, name))
+        resolved = self.model.resolved if name == "vlm" else None  # loaded as resolved: no second lookup
         return engine_from_settings(self.settings, self.cache, name, resolved=resolved)
 
     # -- use ---------------------------------------------------------------------------------------------
 
-    def get(self, name: str) -> Engine:
+    def get(self, name: str) -> StreamingEngine:
         """A loaded engine (``auto``: the default). Blocks while the default engine starts."""
         if name not in self.choices:
             raise ConfigError(f"Unknown engine {name!r}.", hint=f"Use one of: {', '.join(self.choices)}.")
@@ -160,6 +166,10 @@ class EngineService:
         if warm.running or warm.error is None:
             return None
         return f"The default engine {status.name} is waiting for its model, which is not available: {warm.error}"
+
+    def loaded(self, name: str) -> StreamingEngine | None:
+        """The engine ``name`` if it is loaded already (never loads, never blocks on a load)."""
+        return self._engines.get(canonical(name))  # type: ignore[arg-type]
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping.set()

@@ -82,6 +82,10 @@ class EngineOut(BaseModel):
     state: str = Field(description="choosing, waiting for the model, loading, ready, failed or stopped.")
     reason: str = Field(description="Why this engine (auto picks by GPU and cache), or why it is not ready.")
     device: str | None = None
+    backend: str | None = Field(default=None, description="How the VLM runs once loaded: vllm or transformers.")
+    model: str | None = Field(default=None, description="The model it reads with (tesseract: its languages).")
+    revision: str | None = Field(default=None, description="The model's commit (tesseract: its version).")
+    profile: str | None = Field(default=None, description="The VLM's model profile (gnosis-ocr models lists them).")
 
 
 class ReadinessOut(BaseModel):
@@ -199,7 +203,16 @@ def readiness_out(readiness: Readiness, service: ModelService, engine: EngineSta
             faults=faults_out(report.faults) if report else [],
         ),
         warm=warm_out(readiness.warm),
-        engine=EngineOut(name=engine.name, state=engine.state, reason=engine.reason, device=engine.device),
+        engine=EngineOut(
+            name=engine.name,
+            state=engine.state,
+            reason=engine.reason,
+            device=engine.device,
+            backend=engine.info.backend if engine.info else None,
+            model=engine.info.model if engine.info else None,
+            revision=engine.info.revision if engine.info else None,
+            profile=engine.info.profile if engine.info else None,
+        ),
         reason=reason,
     )
 

@@ -16,6 +16,7 @@ from rich.progress import Progress, TaskID
 from gnosis_ocr.cli.errors import EXIT_DOCUMENT, EXIT_PARTIAL, exit_code
 from gnosis_ocr.cli.progress import count_bars, print_engine
 from gnosis_ocr.engines import engine_from_settings
+from gnosis_ocr.engines.feeder import OnFirstUse
 from gnosis_ocr.errors import ConfigError, DocumentError
 from gnosis_ocr.jobs.pipeline import OcrOptions
 from gnosis_ocr.jobs.results import DocumentResult, PageResult
@@ -30,7 +31,8 @@ class Format(StrEnum):
 
 class EngineChoice(StrEnum):
     auto = "auto"
-    nanonets = "nanonets"
+    vlm = "vlm"
+    nanonets = "nanonets"  # vlm's older name
     tesseract = "tesseract"
     fake = "fake"  # deterministic test engine; hidden from nobody, documented as such
 
@@ -103,7 +105,7 @@ EngineOpt = Annotated[
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Qwen2.5-VL model id for the nanonets engine. Default: MODEL_NAME."),
+    typer.Option("--model", "-m", help="Qwen2.5-VL model id for the VLM engine. Default: MODEL_NAME."),
 ]
 TextLayerOpt = Annotated[
     TextLayer | None,
@@ -158,12 +160,18 @@ def ocr(
     fmt = fmt or (Format.json if output is not None and output.suffix == ".json" else Format.md)
     targets = _targets(files, output, fmt) if output is not None else {}
     options = OcrOptions(
-        pages=pages, text_layer=(text_layer.value if text_layer else settings.text_layer), limits=settings.limits()
+        pages=pages,
+        text_layer=(text_layer.value if text_layer else settings.text_layer),
+        limits=settings.limits(),
+        loop_guard=settings.vlm_loop_guard,
+        loop_retries=settings.vlm_loop_retries,
     )
     err = Console(stderr=True)
     cache = cache_from_settings(settings)
     chosen = engine_from_settings(settings, cache, engine.value if engine else None)
     print_engine(err, chosen.info)
+    # a page the VLM loops on is read again, then by tesseract (started only if a page needs it)
+    fallback = OnFirstUse(lambda: engine_from_settings(settings, cache, "tesseract"))
 
     from gnosis_ocr.jobs.pipeline import ocr_document
 
@@ -176,7 +184,9 @@ def ocr(
             progress = _PageBars(bars)
             for path in files:
                 try:
-                    result = ocr_document(path, chosen, name=path.name, options=options, progress=progress)
+                    result = ocr_document(
+                        path, chosen, name=path.name, options=options, progress=progress, fallback=fallback
+                    )  # the fallback is only ever asked for by a VLM
                 except DocumentError as exc:
                     err.print(f"[bold red]error:[/] {path}: {exc.message}", highlight=False)
                     if exc.hint:
@@ -192,6 +202,7 @@ def ocr(
                 results.append(result)
     finally:
         chosen.close()
+        fallback.close()
     if output is None:
         if fmt is Format.json:
             typer.echo(json.dumps({"documents": [r.to_dict() for r in results]}, indent=1, ensure_ascii=False))

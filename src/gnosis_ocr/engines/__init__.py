@@ -1,5 +1,8 @@
 """PAGES -> TEXT. Engines are chosen by name; ``auto`` picks the VLM where it can run well and says why.
 
+The VLM (``vlm``; ``nanonets`` is its older name) runs on one of two backends: vLLM (continuous batching, GPU) or
+transformers (CPU, and the fallback), with the model profile of ``engines.profiles``.
+
 Importing this package imports neither torch nor tesserocr; engines import them in ``load``.
 """
 
@@ -7,21 +10,31 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from gnosis_ocr.documents.model import Page
-from gnosis_ocr.engines.base import Engine, EngineInfo, PageText
+from gnosis_ocr.engines.base import Decoding, Engine, EngineInfo, PageText, StreamingEngine
+from gnosis_ocr.engines.feeder import streaming, with_reason
 from gnosis_ocr.errors import EngineUnavailableError
 
 if TYPE_CHECKING:
+    from gnosis_ocr.engines.profiles import ModelProfile
     from gnosis_ocr.modelcache import ModelCache, ResolvedModel
-    from gnosis_ocr.settings import EngineName, Settings
+    from gnosis_ocr.settings import EngineName, Settings, VlmBackend
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Engine", "EngineInfo", "PageText", "choose_engine", "engine_from_settings", "gpu_available"]
+__all__ = [
+    "Decoding",
+    "Engine",
+    "EngineInfo",
+    "PageText",
+    "StreamingEngine",
+    "choose_backend",
+    "choose_engine",
+    "engine_from_settings",
+    "gpu_available",
+    "streaming",
+]
 
 
 def gpu_available() -> bool:
@@ -38,48 +51,52 @@ def choose_engine(settings: Settings, cache: ModelCache) -> tuple[EngineName, st
     if not gpu_available():
         return (
             "tesseract",
-            "no CUDA GPU here; the VLM would take minutes per page on CPU (force it with --engine nanonets)",
+            "no CUDA GPU here; the VLM would take minutes per page on CPU (force it with --engine vlm)",
         )
     if importlib.util.find_spec("transformers") is None:
         return "tesseract", "a GPU is here but transformers is not installed (pip install 'gnosis-ocr[torch]')"
     report = cache.status(settings.model_name, settings.model_revision)
     if report.complete:
-        return "nanonets", f"GPU and a complete cached {settings.model_name}@{(report.commit or '')[:7]}"
+        return "vlm", f"GPU and a complete cached {settings.model_name}@{(report.commit or '')[:7]}"
     if settings.cache_mode == "offline":
         return "tesseract", (
             f"a GPU is here but {settings.model_name} is {report.state} in the cache and "
             "GNOSIS_CACHE_MODE=offline forbids downloading it"
         )
-    return "nanonets", f"GPU; {settings.model_name} is {report.state} in the cache and will be warmed first"
+    return "vlm", f"GPU; {settings.model_name} is {report.state} in the cache and will be warmed first"
+
+
+def choose_backend(settings: Settings) -> tuple[VlmBackend, str]:
+    """(backend, reason) for the VLM: vLLM where it is installed and a GPU is present, else transformers."""
+    if settings.vlm_backend != "auto":
+        return settings.vlm_backend, f"GNOSIS_VLM_BACKEND={settings.vlm_backend}"
+    if importlib.util.find_spec("vllm") is None:
+        return "transformers", "vLLM is not installed (pip install 'gnosis-ocr[vllm]' on a GPU host)"
+    if (settings.device or "cuda").startswith("cpu") or not gpu_available():
+        return "transformers", "vLLM is installed but there is no CUDA GPU to run it on"
+    return "vllm", "vLLM is installed and a CUDA GPU is present (continuous batching)"
 
 
 def engine_from_settings(
     settings: Settings, cache: ModelCache, name: EngineName | None = None, *, resolved: ResolvedModel | None = None
-) -> Engine:
-    """The engine ``name`` (default: GNOSIS_ENGINE) configured from settings; ``auto`` resolved here.
-
-    ``resolved``: the model snapshot, when the caller has resolved it already (the VLM then loads it as it is)."""
+) -> StreamingEngine:
+    """The engine ``name`` (default: GNOSIS_ENGINE) configured from settings, as a streaming engine (not loaded
+    yet); ``auto`` resolved here. ``resolved``: the model snapshot, when the caller has resolved it already (the
+    VLM then loads it as it is)."""
     wanted = name or settings.engine
     reason = None
     if wanted == "auto":
         wanted, reason = choose_engine(settings, cache)
         logger.info("engine auto: %s (%s)", wanted, reason)
-    engine: Engine
-    if wanted == "nanonets":
-        from gnosis_ocr.engines.nanonets import NanonetsEngine
-        from gnosis_ocr.modelcache import read_options_from_settings
+    engine: Engine | StreamingEngine
+    if wanted in ("vlm", "nanonets"):
+        from gnosis_ocr.engines.profiles import profile_for
 
-        engine = NanonetsEngine(
-            cache,
-            settings.model_name,
-            settings.model_revision,
-            mode=settings.cache_mode,
-            read_options=read_options_from_settings(settings),
-            device=settings.device,
-            max_new_tokens=settings.vlm_max_new_tokens,
-            batch_size=settings.vlm_batch_size,
-            resolved=resolved,
-        )
+        profile = profile_for(settings.model_name, settings.vlm_profile)
+        backend, why = choose_backend(settings)
+        logger.info("VLM backend: %s (%s); profile %s", backend, why, profile.name)
+        reason = f"{reason}; {backend}: {why}" if reason else None
+        engine = _vlm(settings, cache, backend, profile, resolved)
     elif wanted == "tesseract":
         from gnosis_ocr.engines.tesseract import TesseractEngine
 
@@ -89,30 +106,51 @@ def engine_from_settings(
 
         engine = FakeEngine(delay=settings.fake_engine_delay, batch_size=settings.vlm_batch_size or 4)
     else:  # pragma: no cover - Literal keeps this unreachable
-        raise EngineUnavailableError(f"Unknown engine {wanted!r}.", hint="Use auto, nanonets or tesseract.")
-    return _WithReason(engine, reason) if reason else engine
+        raise EngineUnavailableError(f"Unknown engine {wanted!r}.", hint="Use auto, vlm or tesseract.")
+    streamed = streaming(engine)
+    return with_reason(streamed, reason) if reason else streamed
 
 
-class _WithReason:
-    """An engine chosen by ``auto``: same engine, its info carries the reason."""
+def _vlm(
+    settings: Settings,
+    cache: ModelCache,
+    backend: VlmBackend,
+    profile: ModelProfile,
+    resolved: ResolvedModel | None,
+) -> Engine | StreamingEngine:
+    from gnosis_ocr.modelcache import read_options_from_settings
 
-    def __init__(self, engine: Engine, reason: str) -> None:
-        self._engine = engine
-        self._reason = reason
+    if backend == "vllm":
+        from gnosis_ocr.engines.vllm import VllmEngine
 
-    @property
-    def info(self) -> EngineInfo:
-        return replace(self._engine.info, reason=self._reason)
+        return VllmEngine(
+            cache,
+            settings.model_name,
+            settings.model_revision,
+            mode=settings.cache_mode,
+            profile=profile,
+            resolved=resolved,
+            dtype=settings.vlm_dtype,
+            gpu_memory_utilization=settings.vlm_gpu_memory_utilization,
+            max_model_len=settings.vlm_max_model_len,
+            max_num_seqs=settings.vlm_max_num_seqs,
+            max_pixels=settings.vlm_max_pixels,
+            max_tokens=settings.vlm_max_new_tokens,
+            device=settings.device,
+        )
+    from gnosis_ocr.engines.nanonets import NanonetsEngine
 
-    @property
-    def batch_size(self) -> int:
-        return self._engine.batch_size
-
-    def load(self) -> None:
-        self._engine.load()
-
-    def recognize(self, pages: Sequence[Page]) -> list[PageText]:
-        return self._engine.recognize(pages)
-
-    def close(self) -> None:
-        self._engine.close()
+    return NanonetsEngine(
+        cache,
+        settings.model_name,
+        settings.model_revision,
+        mode=settings.cache_mode,
+        read_options=read_options_from_settings(settings),
+        device=settings.device,
+        max_new_tokens=settings.vlm_max_new_tokens,
+        max_pixels=settings.vlm_max_pixels,
+        batch_size=settings.vlm_batch_size,
+        dtype=settings.vlm_dtype,
+        profile=profile,
+        resolved=resolved,
+    )

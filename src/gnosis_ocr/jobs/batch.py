@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gnosis_ocr.documents.pages import parse_page_selection
-from gnosis_ocr.engines.base import Engine
+from gnosis_ocr.engines.base import Engine, StreamingEngine
 from gnosis_ocr.errors import ConfigError, DocumentError, DocumentLimitError, GnosisError
 from gnosis_ocr.jobs.pipeline import OcrOptions, PipelineProgress, ocr_document
 from gnosis_ocr.jobs.results import DocumentResult
@@ -423,7 +423,7 @@ def run_batch(
     plan: BatchPlan,
     source: Tree,
     destination: Tree,
-    engine: Engine | None,
+    engine: Engine | StreamingEngine | None,
     *,
     options: OcrOptions | None = None,
     progress: BatchProgress | None = None,
@@ -455,7 +455,7 @@ def run_batch(
 def _read(
     source: Tree,
     document: SourceDocument,
-    engine: Engine,
+    engine: Engine | StreamingEngine,
     *,
     options: OcrOptions,
     progress: PipelineProgress,

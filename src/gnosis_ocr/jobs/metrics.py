@@ -16,7 +16,8 @@ class JobMetrics:
         self.submitted = Counter("gnosis_jobs_submitted", "Jobs accepted by POST /api/v1/jobs.", registry=r)
         self.pages = Counter(
             "gnosis_pages",
-            "Pages processed by result (done, failed) and source (ocr, text-layer).",
+            "Pages processed by result (done, failed) and source (ocr, text-layer, fallback-text-layer, "
+            "fallback-tesseract: a page the VLM looped on).",
             ["status", "source"],
             registry=r,
         )
@@ -30,8 +31,17 @@ class JobMetrics:
         self.job_seconds = Histogram(
             "gnosis_job_seconds", "Seconds from a job's start to its end.", buckets=JOB_BUCKETS, registry=r
         )
+        self.page_retries = Counter(
+            "gnosis_page_retries", "VLM pages read again because the loop guard found them looping.", registry=r
+        )
+        self.page_fallbacks = Counter(
+            "gnosis_page_fallbacks",
+            "VLM pages that kept looping and were taken from their text layer or another engine.",
+            ["to"],
+            registry=r,
+        )
         self.queued = Gauge("gnosis_jobs_queued", "Jobs waiting for the worker.", registry=r)
-        self.running = Gauge("gnosis_jobs_running", "Jobs the worker is processing (0 or 1).", registry=r)
+        self.running = Gauge("gnosis_jobs_running", "Jobs whose pages are being read.", registry=r)
         self.resumed = Counter(
             "gnosis_jobs_resumed", "Unfinished jobs taken over after a restart or from a silent instance.", registry=r
         )

@@ -45,8 +45,10 @@ class ErrorInfo(BaseModel):
 class EngineUsed(BaseModel):
     requested: str = Field(description="What the upload asked for (auto: the server's default engine).")
     name: str
+    backend: str | None = Field(default=None, description="How the VLM runs: vllm or transformers.")
     model: str | None = None
     revision: str | None = None
+    profile: str | None = Field(default=None, description="The model profile: prompt, limits, output parsing.")
     device: str | None = None
 
 
@@ -79,6 +81,11 @@ class PageEntry(BaseModel):
     height: int | None = None
     markdown: str | None = None
     image: bool = Field(default=False, description="A page image is stored (GET .../pages/{n}/image).")
+    meta: dict[str, object] | None = Field(
+        default=None,
+        description="What the engine said about the page: e.g. new_tokens, truncated, language, rotation; and "
+        "what the loop guard did: loops (why), attempts, fallback (text-layer or tesseract).",
+    )
 
 
 class Progress(BaseModel):

@@ -1,14 +1,22 @@
-"""The service's job runner: a queue and ONE worker thread, so one device never runs two jobs at once.
+"""The service's job runner: a queue, several jobs read at once, their pages sharing the engine fairly.
 
-No FastAPI here. The API submits a JobRecord whose inputs are already in the store, reads snapshots of jobs,
-cancels and deletes them, and watches a job for changes (an ``asyncio.Event`` set from the worker thread).
+No FastAPI here. The API submits a JobRecord whose inputs are already in the store, reads copies of jobs, cancels
+and deletes them, and watches a job for changes. The parts:
 
-Durability: the record is written to the store at every state change and, while pages complete, at most every
-``save_interval`` seconds; page images are written as pages render. A job that a restart interrupted is taken
-over on start-up (local storage: every unfinished job; shared storage: those whose owner's heartbeat is older
-than ``GNOSIS_JOB_STALE_SECONDS``, checked again periodically) and resumes from its first unfinished page. A job
-interrupted ``MAX_ATTEMPTS`` times (a page that kills the process, say) ends as failed with that reason. On
-shutdown the running job stops at its next page and goes back to ``queued`` for whoever starts next.
+- ``state.JobTable``: the jobs in memory, their versions and watchers, under one short lock;
+- ``persist.JobWriter``: saves jobs outside that lock (page results coalesced, state changes at once);
+- this module: admission (up to ``max_running`` jobs at once, in submission order), one reading thread per running
+  job (``reading.read_pages``: it renders one page ahead and keeps pages in flight), and one ``FairSlots`` per
+  engine, so pages of every running job share the device and a 1-page job is never starved by a 500-page one;
+- recovery and housekeeping: heartbeats, take-over of unfinished jobs, retention.
+
+Durability: a job's state changes are saved before they are shown; page results at most every ``save_interval``
+seconds while pages complete; page images as pages render. A job that a restart interrupted is taken over on
+start-up (local storage: every unfinished job; shared storage: those whose owner's heartbeat is older than
+``GNOSIS_JOB_STALE_SECONDS``, checked again periodically) and resumes from the pages stored. A job interrupted
+``MAX_ATTEMPTS`` times (a page that kills the process, say) ends as failed with that reason. On shutdown the
+pages in flight get ``shutdown_grace`` seconds to finish; the rest stay pending and the job goes back to
+``queued`` for whoever starts next (never failed).
 """
 
 from __future__ import annotations
@@ -20,14 +28,16 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from gnosis_ocr.documents.model import DocumentLimits, Page
-from gnosis_ocr.engines.base import Engine
+from gnosis_ocr.documents.render import open_document
+from gnosis_ocr.engines.base import Engine, StreamingEngine
+from gnosis_ocr.engines.feeder import streaming
 from gnosis_ocr.errors import (
     DocumentError,
     GnosisError,
@@ -36,25 +46,24 @@ from gnosis_ocr.errors import (
     QueueFullError,
 )
 from gnosis_ocr.jobs.metrics import JobMetrics
-from gnosis_ocr.jobs.pipeline import OcrOptions, ocr_document
-from gnosis_ocr.jobs.record import DocumentEntry, EngineUsed, ErrorInfo, JobRecord, PageEntry, utcnow
+from gnosis_ocr.jobs.persist import JobWriter
+from gnosis_ocr.jobs.reading import ReadPolicy, Stop, StopReason, read_pages
+from gnosis_ocr.jobs.record import DocumentEntry, EngineUsed, ErrorInfo, JobRecord, JobStatus, PageEntry, utcnow
 from gnosis_ocr.jobs.results import PageResult
+from gnosis_ocr.jobs.slots import FairSlots
+from gnosis_ocr.jobs.state import JobTable
 from gnosis_ocr.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-FINISHED_KEPT = 256  # finished jobs kept in memory (the store has them all)
+FALLBACK_ENGINE = "tesseract"
 
 
 class EngineProvider(Protocol):
-    def get(self, name: str) -> Engine:
+    def get(self, name: str) -> Engine | StreamingEngine:
         """A loaded engine for ``name`` (``auto``: the server's default); blocks while it loads."""
         ...
-
-
-class _Stop(BaseException):
-    """Raised inside the pipeline to stop a job at the next page (cancel, delete or shutdown)."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,24 @@ class RunnerOptions:
     stale_seconds: float = 60.0
     max_queued: int = 100
     save_interval: float = 0.5
+    max_running: int = 8  # jobs read at the same time
+    max_inflight: int | None = None  # pages in one engine at once (None: the engine's capacity)
+    loop_guard: bool = True
+    loop_retries: int = 2
+    shutdown_grace: float = 8.0  # seconds pages in flight get to finish on shutdown (Cloud Run allows 10)
 
 
 def _error(exc: GnosisError) -> ErrorInfo:
     return ErrorInfo(type=type(exc).__name__, message=exc.message, hint=exc.hint)
+
+
+@dataclass
+class _Lane:
+    """One engine as the runner uses it: its streaming form and its fair shares."""
+
+    engine: Engine | StreamingEngine
+    stream: StreamingEngine
+    slots: FairSlots
 
 
 class JobRunner:
@@ -85,18 +108,17 @@ class JobRunner:
         self.options = options
         self.metrics = metrics or JobMetrics()
         self.instance = instance or f"{int(time.time()):x}-{secrets.token_hex(4)}"
-        self._lock = threading.RLock()
+        self.table = JobTable()
+        self.writer = JobWriter(store, self.table, interval=options.save_interval)
+        self._lock = self.table.lock
         self._wake = threading.Condition(self._lock)
         self._queue: deque[str] = deque()
-        self._live: dict[str, JobRecord] = {}  # jobs this instance owns (queued or running)
-        self._finished: OrderedDict[str, JobRecord] = OrderedDict()
-        self._running: str | None = None
-        self._stop_job: dict[str, str] = {}  # job id -> "cancel" | "delete"
-        self._watchers: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-        self._versions: dict[str, int] = {}  # bumped by every change of a job held in memory
+        self._running: dict[str, Stop] = {}
+        self._readers: dict[str, threading.Thread] = {}
+        self._lanes: dict[int, _Lane] = {}
+        self._lanes_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gnosis-page-images")
 
     def __repr__(self) -> str:
         return f"JobRunner({self.store!r}, instance={self.instance!r})"
@@ -104,25 +126,40 @@ class JobRunner:
     # -- life --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Take over unfinished jobs, then start the worker and the housekeeping threads."""
+        """Take over unfinished jobs, then start the writer, the admission and the housekeeping threads."""
         self.store.heartbeat(self.instance)
+        self.writer.start()
         self.recover()
-        for name, target in (("gnosis-job-worker", self._work), ("gnosis-job-housekeeping", self._housekeeping)):
+        for name, target in (("gnosis-job-admission", self._admit), ("gnosis-job-housekeeping", self._housekeeping)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop: the running job stops at its next page and is saved as queued; queued jobs stay queued."""
+    @property
+    def alive(self) -> bool:
+        """The admission thread runs (jobs queued now will start)."""
+        return bool(self._threads) and self._threads[0].is_alive() and not self._stopping.is_set()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop: running jobs finish their pages in flight within the grace, then go back to ``queued`` with the
+        rest pending; queued jobs stay queued. Engines are the caller's to close afterwards."""
+        grace = self.options.shutdown_grace if timeout is None else min(timeout, self.options.shutdown_grace)
         self._stopping.set()
         with self._wake:
-            if self._running is not None:
-                self._stop_job.setdefault(self._running, "shutdown")
+            stops = list(self._running.values())
+            readers = list(self._readers.values())
             self._wake.notify_all()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for stop in stops:
+            stop.trigger("shutdown")
+        deadline = time.monotonic() + grace + 2.0
+        for thread in readers + self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._images.shutdown(wait=True)
+        with self._lanes_lock:
+            lanes, self._lanes = list(self._lanes.values()), {}
+        for lane in lanes:
+            if lane.stream is not lane.engine:
+                lane.stream.close()  # our feeder only; the engine is its provider's
+        self.writer.close(max(1.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception):
             self.store.forget_instance(self.instance)
 
@@ -133,7 +170,7 @@ class JobRunner:
         held = self.held(job_id)
         if held is not None:
             return held[1]
-        stored = self.store.load(job_id)
+        stored = None if self.table.deleted(job_id) else self.store.load(job_id)
         if stored is None:
             raise JobNotFoundError(
                 f"No job {job_id[:40]!r}: it never existed, was deleted, or passed its retention time.",
@@ -144,63 +181,22 @@ class JobRunner:
     def version(self, job_id: str) -> int | None:
         """The job's change counter while this instance holds it in memory (None otherwise): equal versions,
         equal content, so readers can share one copy and one serialisation per version."""
-        with self._lock:
-            if self._stop_job.get(job_id) == "delete" or (job_id not in self._live and job_id not in self._finished):
-                return None
-            return self._versions.get(job_id, 0)
+        return self.table.version(job_id)
 
     def held(self, job_id: str) -> tuple[int, JobRecord] | None:
-        """(version, a copy) of a job held in memory, None for others. The copy shares the page entries' values
-        (strings, numbers), not the entries: the worker replaces nothing inside them while readers hold them."""
-        with self._lock:
-            if self._stop_job.get(job_id) == "delete":
-                return None
-            record = self._live.get(job_id) or self._finished.get(job_id)
-            if record is None:
-                return None
-            copy = record.model_copy(
-                update={
-                    "documents": [d.model_copy() for d in record.documents],
-                    "pages": [p.model_copy() for p in record.pages],
-                    "engine": record.engine.model_copy() if record.engine else None,
-                }
-            )
-            return self._versions.get(job_id, 0), copy
+        """(version, a copy) of a job held in memory, None for others."""
+        return self.table.held(job_id)
 
     def owns(self, job_id: str) -> bool:
         with self._lock:
-            return job_id in self._live
-
-    # -- watching ----------------------------------------------------------------------------------------
+            return job_id in self.table.live and not self.table.deleted(job_id)
 
     def watch(self, job_id: str) -> asyncio.Event:
         """An event set (on the caller's loop) whenever the job changes; call ``unwatch`` when done."""
-        event = asyncio.Event()
-        with self._lock:
-            self._watchers.setdefault(job_id, set()).add((asyncio.get_running_loop(), event))
-        return event
+        return self.table.watch(job_id)
 
     def unwatch(self, job_id: str, event: asyncio.Event) -> None:
-        with self._lock:
-            watchers = self._watchers.get(job_id)
-            if watchers is None:
-                return
-            for item in [w for w in watchers if w[1] is event]:
-                watchers.discard(item)
-            if not watchers:
-                del self._watchers[job_id]
-
-    def _notify(self, job_id: str) -> None:
-        """Every change to a job held in memory ends here: its version moves on and its watchers wake."""
-        with self._lock:
-            if job_id in self._live or job_id in self._finished:
-                self._versions[job_id] = self._versions.get(job_id, 0) + 1
-            else:
-                self._versions.pop(job_id, None)
-            watchers = list(self._watchers.get(job_id, ()))
-        for loop, event in watchers:
-            with contextlib.suppress(RuntimeError):  # the loop closed
-                loop.call_soon_threadsafe(event.set)
+        self.table.unwatch(job_id, event)
 
     # -- commands ----------------------------------------------------------------------------------------
 
@@ -216,51 +212,57 @@ class JobRunner:
 
     def submit(self, record: JobRecord) -> JobRecord:
         """Queue a new job whose inputs are in the store. QueueFullError when too many wait."""
-        with self._lock:
-            self.check_capacity()
-            record.owner = self.instance
-            self.store.save(record)
-            self._live[record.id] = record
+        self.check_capacity()
+        record.owner = self.instance
+        self.writer.save(record.model_copy(deep=True), 1)
+        with self.table.changing(record.id):
+            self.table.live[record.id] = record
             self._queue.append(record.id)
             self.metrics.submitted.inc()
             self.metrics.queued.set(len(self._queue))
             self._wake.notify_all()
-            return record.model_copy(deep=True)
+            copy = record.model_copy(deep=True)
+        return copy
 
     def cancel(self, job_id: str) -> JobRecord:
         with self._lock:
-            record = self._live.get(job_id)
-            if record is None:
-                stored = self.snapshot(job_id)  # 404 when unknown
-                if stored.finished:
-                    raise JobFinishedError(f"Job {job_id} has already finished ({stored.status}).")
-                raise JobFinishedError(
-                    f"Job {job_id} runs on another instance ({stored.owner}); cancel it there.",
-                    hint="Retry: requests reach the instances in turn.",
-                )
-            if record.id == self._running:
-                self._stop_job.setdefault(job_id, "cancel")
-                return record.model_copy(deep=True)
-            self._queue.remove(job_id)
-            self.metrics.queued.set(len(self._queue))
-            self._finish(record, "cancelled", ErrorInfo(type="Cancelled", message="Cancelled before it started."))
-            return record.model_copy(deep=True)
-
-    def delete(self, job_id: str) -> None:
-        with self._lock:
-            record = self._live.get(job_id)
-            if record is not None and record.id == self._running:
-                self._stop_job[job_id] = "delete"  # the worker deletes it once it has stopped
-                return
-            if record is not None:
+            record = self.table.record(job_id)
+            stop = self._running.get(job_id)
+            queued = job_id in self._queue
+            if queued:
                 self._queue.remove(job_id)
                 self.metrics.queued.set(len(self._queue))
-                del self._live[job_id]
-            elif job_id not in self._finished:
-                self.snapshot(job_id)  # 404 when unknown
-            self._finished.pop(job_id, None)
-        self.store.delete(job_id)
-        self._notify(job_id)
+        if record is None:
+            stored = self.snapshot(job_id)  # 404 when unknown
+            if stored.finished:
+                raise JobFinishedError(f"Job {job_id} has already finished ({stored.status}).")
+            raise JobFinishedError(
+                f"Job {job_id} runs on another instance ({stored.owner}); cancel it there.",
+                hint="Retry: requests reach the instances in turn.",
+            )
+        if record.finished:
+            raise JobFinishedError(f"Job {job_id} has already finished ({record.status}).")
+        if stop is not None:
+            stop.trigger("cancel")
+        elif queued:
+            self._finish(record, "cancelled", ErrorInfo(type="Cancelled", message="Cancelled before it started."))
+        return self.snapshot(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Gone for readers at once; a running job's pages are aborted and its files removed once it stops."""
+        with self._lock:
+            held = self.table.record(job_id) is not None
+            stop = self._running.get(job_id)
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                self.metrics.queued.set(len(self._queue))
+        if not held:
+            self.snapshot(job_id)  # 404 when unknown
+        self.table.bury(job_id)
+        if stop is not None:
+            stop.trigger("delete")  # its reading thread removes the files once it has stopped
+        else:
+            self.writer.delete(job_id)
 
     # -- recovery and housekeeping ------------------------------------------------------------------------
 
@@ -269,7 +271,7 @@ class JobRunner:
         taken = 0
         for job_id in self.store.job_ids():
             with self._lock:
-                if job_id in self._live:
+                if job_id in self.table.live or self.table.deleted(job_id):
                     continue
             record = self.store.load(job_id)
             if record is None or record.finished or not self._may_take(record):
@@ -285,38 +287,41 @@ class JobRunner:
 
     def _take(self, record: JobRecord) -> int:
         previous = record.owner
-        with self._lock:
-            if record.attempts >= MAX_ATTEMPTS:
-                self._live[record.id] = record
-                self._finish(
-                    record,
-                    "failed",
-                    ErrorInfo(
-                        type="JobInterrupted",
-                        message=f"The job was interrupted {record.attempts} times while processing; "
-                        "a page may be crashing the server.",
-                        hint="Retry with a page selection that leaves out the page it stopped at.",
-                    ),
-                )
-                return 0
-            record.owner = self.instance
-            record.status = "queued"
-            for doc in record.documents:
+        if record.attempts >= MAX_ATTEMPTS:
+            with self._lock:
+                self.table.live[record.id] = record
+            self._finish(
+                record,
+                "failed",
+                ErrorInfo(
+                    type="JobInterrupted",
+                    message=f"The job was interrupted {record.attempts} times while processing; "
+                    "a page may be crashing the server.",
+                    hint="Retry with a page selection that leaves out the page it stopped at.",
+                ),
+            )
+            return 0
+
+        def take(r: JobRecord) -> None:
+            r.owner = self.instance
+            r.status = "queued"
+            for doc in r.documents:
                 if doc.status == "processing":
                     doc.status = "queued"
-            self.store.save(record)
-            self._live[record.id] = record
+
+        with self._lock:
+            self.table.live[record.id] = record
+        self._commit(record, take)
+        with self._wake:
             self._queue.append(record.id)
             self.metrics.queued.set(len(self._queue))
             self.metrics.resumed.inc()
             self._wake.notify_all()
-        self._notify(record.id)
-        done = record.progress().pages_done
         logger.info(
             "job %s: taken over from %s; resumes with %d of %d pages done",
             record.id,
             previous or "nobody",
-            done,
+            record.progress().pages_done,
             len(record.pages),
         )
         return 1
@@ -344,132 +349,213 @@ class JobRunner:
         deleted = 0
         for job_id in self.store.job_ids():
             with self._lock:
-                if job_id in self._live:
+                if job_id in self.table.live:
                     continue
             record = self.store.load(job_id)
             if record is None or not record.finished or record.finished_at is None or record.finished_at > cutoff:
                 continue
             with self._lock:
-                self._finished.pop(job_id, None)
-            self.store.delete(job_id)
+                self.table.finished.pop(job_id, None)
+            self.writer.delete(job_id)
             deleted += 1
         if deleted:
             logger.info("deleted %d job(s) finished more than %.0f s ago", deleted, self.options.ttl_seconds)
         return deleted
 
-    # -- the worker --------------------------------------------------------------------------------------
+    # -- state changes -----------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _commit(self, record: JobRecord, change: Callable[[JobRecord], None], *, retire: bool = False) -> None:
+        """Apply ``change`` durably: saved (as the version it will have) before anyone can see it. ``retire``: the
+        job is finished, and moves to the finished list in the same step."""
+        with self._lock:
+            copy = record.model_copy(deep=True)
+            version = (self.table.version(record.id) or 0) + 1
+        change(copy)
+        try:
+            self.writer.save(copy, version)
+        except Exception as exc:  # storage is failing: the job goes on in memory, the writer retries
+            logger.warning("job %s: saving failed (%s); will retry", record.id, exc)
+            self.writer.mark(record.id)
+        with self.table.changing(record.id):
+            change(record)
+            if retire and not self.table.deleted(record.id):
+                self.table.finish(record)
+
+    def _finish(self, record: JobRecord, status: JobStatus, error: ErrorInfo | None) -> None:
+        finished_at = utcnow()
+
+        def finish(r: JobRecord) -> None:
+            r.status = status
+            r.error = error
+            r.finished_at = finished_at
+            for doc in r.documents:
+                if doc.status in ("queued", "processing"):
+                    doc.status = "cancelled" if status == "cancelled" else doc.status
+
+        self._commit(record, finish, retire=True)
+        self.metrics.jobs.labels(status=status).inc()
+        progress = record.progress()
+        logger.info(
+            "job %s: %s (%d pages, %d failed)%s",
+            record.id,
+            status,
+            progress.pages_total,
+            progress.pages_failed,
+            f": {error.message}" if error else "",
+        )
+
+    # -- admission and reading ---------------------------------------------------------------------------
+
+    def _admit(self) -> None:
         while True:
             with self._wake:
-                while not self._queue and not self._stopping.is_set():
+                while not self._stopping.is_set() and (
+                    not self._queue or len(self._running) >= self.options.max_running
+                ):
                     self._wake.wait()
                 if self._stopping.is_set():
                     return
                 job_id = self._queue.popleft()
                 self.metrics.queued.set(len(self._queue))
-                record = self._live.get(job_id)
+                record = self.table.record(job_id)
                 if record is None:
                     continue
-                self._running = job_id
-            self.metrics.running.set(1)
-            try:
-                self._process(record)
-            except Exception:
-                logger.exception("job %s: unexpected failure", job_id)
-                with self._lock:
-                    if not record.finished:
-                        self._finish(
-                            record,
-                            "failed",
-                            ErrorInfo(type="InternalError", message="The server failed while processing the job."),
-                        )
-            finally:
-                self.metrics.running.set(0)
-                with self._lock:
-                    self._running = None
-                    stop = self._stop_job.pop(job_id, None)
-                if stop == "delete":
-                    self.delete(job_id)
+                stop = Stop()
+                self._running[job_id] = stop
+                thread = threading.Thread(
+                    target=self._run_job, args=(record, stop), name=f"gnosis-job-{job_id[:8]}", daemon=True
+                )
+                self._readers[job_id] = thread
+                self.metrics.running.set(len(self._running))
+            thread.start()
 
-    def _process(self, record: JobRecord) -> None:
+    def _run_job(self, record: JobRecord, stop: Stop) -> None:
         job_id = record.id
-        with self._lock:
-            record.status = "processing"
-            record.started_at = record.started_at or utcnow()
-            record.attempts += 1
-            record.error = None
-            self.store.save(record)
-        self._notify(job_id)
+        try:
+            self._process(record, stop)
+        except Exception:
+            logger.exception("job %s: unexpected failure", job_id)
+            if not record.finished and stop.reason is None:
+                self._finish(
+                    record,
+                    "failed",
+                    ErrorInfo(type="InternalError", message="The server failed while processing the job."),
+                )
+        finally:
+            with self._wake:
+                self._running.pop(job_id, None)
+                self._readers.pop(job_id, None)
+                self.metrics.running.set(len(self._running))
+                self._wake.notify_all()
+            if stop.reason == "delete":
+                self.writer.delete(job_id)
+
+    def _lane(self, engine: Engine | StreamingEngine) -> _Lane:
+        with self._lanes_lock:
+            lane = self._lanes.get(id(engine))
+            if lane is None:
+                stream = streaming(engine, owned=False)
+                capacity = self.options.max_inflight or stream.capacity
+                lane = self._lanes[id(engine)] = _Lane(engine, stream, FairSlots(max(1, capacity)))
+            return lane
+
+    def _fallback(self) -> StreamingEngine | None:
+        return self._lane(self.engines.get(FALLBACK_ENGINE)).stream
+
+    def _process(self, record: JobRecord, stop: Stop) -> None:
+        job_id = record.id
+        started_at = record.started_at or utcnow()
+
+        def start(r: JobRecord) -> None:
+            r.status = "processing"
+            r.started_at = started_at
+            r.attempts += 1
+            r.error = None
+
+        self._commit(record, start)
         started = time.monotonic()
         try:
-            engine = self.engines.get(record.options.engine)
+            lane = self._lane(self.engines.get(record.options.engine))
         except GnosisError as exc:
-            with self._lock:
-                self._finish(record, "failed", _error(exc))
+            self._finish(record, "failed", _error(exc))
             return
-        info = engine.info
-        with self._lock:
+        info = lane.stream.info
+        with self.table.changing(job_id):
             record.engine = EngineUsed(
                 requested=record.options.engine,
                 name=info.name,
+                backend=info.backend,
                 model=info.model,
                 revision=info.revision,
+                profile=info.profile,
                 device=info.device,
             )
-        self._notify(job_id)
-        saver = _Saver(self, record)
         try:
             for doc in record.documents:
-                if doc.status in ("done", "failed", "cancelled"):
-                    continue
-                self._document(record, doc, engine, saver)
-        except _Stop:
-            with self._lock:
-                reason = self._stop_job.get(job_id, "shutdown")
-                if reason == "shutdown":
-                    self._requeue_on_shutdown(record)
-                else:
-                    self._finish(
-                        record, "cancelled", ErrorInfo(type="Cancelled", message="Cancelled while processing.")
-                    )
+                if stop.reason is not None:
+                    break
+                if doc.status not in ("done", "failed", "cancelled"):
+                    self._document(record, doc, lane, stop)
+        except GnosisError as exc:  # the engine cannot run after all (e.g. its model went missing)
+            if stop.reason is None:
+                self._finish(record, "failed", _error(exc))
+                return
+        self._settle(record, stop.reason, started)
+
+    def _settle(self, record: JobRecord, reason: StopReason | None, started: float) -> None:
+        if reason == "delete":
             return
-        with self._lock:
-            docs_failed = [d for d in record.documents if d.status == "failed"]
-            if docs_failed and len(docs_failed) == len(record.documents):
-                first = docs_failed[0].error
-                self._finish(
-                    record, "failed", first or ErrorInfo(type="DocumentError", message="Every document failed.")
-                )
-            else:
-                self._finish(record, "done", None)
+        if reason == "shutdown":
+            self._commit(record, _requeued)
+            logger.info(
+                "job %s: stopped by shutdown with %d pages done; it resumes on the next start",
+                record.id,
+                record.progress().pages_done,
+            )
+            return
+        if reason == "cancel":
+            self._finish(record, "cancelled", ErrorInfo(type="Cancelled", message="Cancelled while processing."))
+            return
+        docs_failed = [d for d in record.documents if d.status == "failed"]
+        if docs_failed and len(docs_failed) == len(record.documents):
+            first = docs_failed[0].error
+            self._finish(record, "failed", first or ErrorInfo(type="DocumentError", message="Every document failed."))
+        else:
+            self._finish(record, "done", None)
         self.metrics.job_seconds.observe(time.monotonic() - started)
 
-    def _document(self, record: JobRecord, doc: DocumentEntry, engine: Engine, saver: _Saver) -> None:
+    def _document(self, record: JobRecord, doc: DocumentEntry, lane: _Lane, stop: Stop) -> None:
         entries = {p.page: p for p in record.document_pages(doc.index)}
         pending = [n for n, p in entries.items() if p.status == "pending"]
         if not pending:
-            with self._lock:
+            with self.table.changing(record.id):
                 doc.status = "done"
             return
-        with self._lock:
+        with self.table.changing(record.id):
             doc.status = "processing"
-        saver.save(force=True)
-        images: list[Future[None]] = []
-
-        def rendered(page: Page) -> None:
-            self._check_stop(record.id)
-            entry = entries.get(page.number)
-            if entry is not None:
-                images.append(self._images.submit(self._store_image, record, entry, page))
-
-        progress = _PageProgress(self, record, entries, saver, engine.info.name)
-        options = OcrOptions(
-            pages=",".join(str(n) for n in pending), text_layer=record.options.text_layer, limits=self.options.limits
+        self.writer.mark(record.id)
+        sink = _JobSink(self, record, entries, lane.stream.info.name)
+        policy = ReadPolicy(
+            text_layer=record.options.text_layer,
+            loop_guard=self.options.loop_guard,
+            retries=self.options.loop_retries,
+            grace=self.options.shutdown_grace,
         )
         try:
-            with self.store.input_file(record.id, doc.index) as path:
-                ocr_document(path, engine, name=doc.name, options=options, progress=progress, on_render=rendered)
+            with (
+                self.store.input_file(record.id, doc.index) as path,
+                open_document(path, limits=self.options.limits) as document,
+            ):
+                read_pages(
+                    document.pages(pending),
+                    lane.stream,
+                    sink=sink,
+                    slots=lane.slots,
+                    owner=f"job {record.id}",
+                    policy=policy,
+                    stop=stop,
+                    fallback=self._fallback,
+                )
         except FileNotFoundError:
             self._fail_document(
                 record,
@@ -483,31 +569,17 @@ class JobRunner:
             )
         except DocumentError as exc:
             self._fail_document(record, doc, _error(exc))
-        finally:
-            for future in images:
-                with contextlib.suppress(Exception):
-                    future.result()
-        with self._lock:
+        if stop.reason is not None:
+            return
+        with self.table.changing(record.id):
             if doc.status == "processing":
                 doc.status = "failed" if all(p.status == "failed" for p in entries.values()) else "done"
                 if doc.status == "failed":
                     doc.error = ErrorInfo(type="PagesFailed", message="Every page of this document failed.")
-        saver.save(force=True)
-
-    def _store_image(self, record: JobRecord, entry: PageEntry, page: Page) -> None:
-        buffer = io.BytesIO()
-        page.image.save(buffer, format="PNG", compress_level=1)
-        try:
-            self.store.put_image(record.id, entry.n, buffer.getvalue())
-        except Exception as exc:  # a missing image must not fail the page
-            logger.warning("job %s page %d: image not stored: %s", record.id, entry.n, exc)
-            return
-        with self._lock:
-            entry.image = True
-        self._notify(record.id)
+        self.writer.mark(record.id)
 
     def _fail_document(self, record: JobRecord, doc: DocumentEntry, error: ErrorInfo) -> None:
-        with self._lock:
+        with self.table.changing(record.id):
             doc.status = "failed"
             doc.error = error
             for page in record.document_pages(doc.index):
@@ -516,99 +588,57 @@ class JobRunner:
                     page.error = error.message
         logger.info("job %s: document %d failed: %s", record.id, doc.index, error.message)
 
-    def _check_stop(self, job_id: str) -> None:
-        if self._stopping.is_set():
-            raise _Stop
-        with self._lock:
-            if job_id in self._stop_job:
-                raise _Stop
 
-    def _requeue_on_shutdown(self, record: JobRecord) -> None:
-        record.status = "queued"
-        for doc in record.documents:
-            if doc.status == "processing":
-                doc.status = "queued"
-        self.store.save(record)
-        logger.info(
-            "job %s: stopped by shutdown with %d pages done; it resumes on the next start",
-            record.id,
-            record.progress().pages_done,
-        )
-        self._notify(record.id)
-
-    def _finish(self, record: JobRecord, status: str, error: ErrorInfo | None) -> None:
-        """Under the lock: mark finished, save, move to the finished list, count, notify."""
-        record.status = status  # type: ignore[assignment]
-        record.error = error
-        record.finished_at = utcnow()
-        for doc in record.documents:
-            if doc.status in ("queued", "processing"):
-                doc.status = "cancelled" if status == "cancelled" else doc.status
-        self.store.save(record)
-        self._live.pop(record.id, None)
-        self._finished[record.id] = record
-        while len(self._finished) > FINISHED_KEPT:
-            evicted, _ = self._finished.popitem(last=False)
-            self._versions.pop(evicted, None)
-        self.metrics.jobs.labels(status=status).inc()
-        progress = record.progress()
-        logger.info(
-            "job %s: %s (%d pages, %d failed)%s",
-            record.id,
-            status,
-            progress.pages_total,
-            progress.pages_failed,
-            f": {error.message}" if error else "",
-        )
-        self._notify(record.id)
+def _requeued(record: JobRecord) -> None:
+    record.status = "queued"
+    for doc in record.documents:
+        if doc.status == "processing":
+            doc.status = "queued"
 
 
-class _Saver:
-    """Writes the record at most every ``save_interval`` seconds while pages complete (always when forced)."""
+class _JobSink:
+    """Where a job's pages land: images stored as pages render, results the moment each page finishes."""
 
-    def __init__(self, runner: JobRunner, record: JobRecord) -> None:
-        self._runner = runner
-        self._record = record
-        self._last = 0.0
-
-    def save(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self._runner.options.save_interval:
-            return
-        self._last = now
-        with self._runner._lock:
-            self._runner.store.save(self._record)
-        self._runner._notify(self._record.id)
-
-
-class _PageProgress:
-    def __init__(
-        self, runner: JobRunner, record: JobRecord, entries: dict[int, PageEntry], saver: _Saver, engine: str
-    ) -> None:
+    def __init__(self, runner: JobRunner, record: JobRecord, entries: dict[int, PageEntry], engine: str) -> None:
         self._runner = runner
         self._record = record
         self._entries = entries
-        self._saver = saver
         self._engine = engine
 
-    def document_started(self, name: str, pages: int) -> None:
-        self._runner._check_stop(self._record.id)
-
-    def page_done(self, name: str, page: PageResult) -> None:
+    def rendered(self, page: Page) -> None:
         entry = self._entries.get(page.number)
         if entry is None:
             return
-        with self._runner._lock:
+        buffer = io.BytesIO()
+        page.image.save(buffer, format="PNG", compress_level=1)
+        try:
+            self._runner.store.put_image(self._record.id, entry.n, buffer.getvalue())
+        except Exception as exc:  # a missing image must not fail the page
+            logger.warning("job %s page %d: image not stored: %s", self._record.id, entry.n, exc)
+            return
+        with self._runner.table.changing(self._record.id):
+            entry.image = True
+
+    def done(self, page: PageResult) -> None:
+        entry = self._entries.get(page.number)
+        if entry is None:
+            return
+        with self._runner.table.changing(self._record.id):
             entry.status = "done" if page.ok else "failed"
             entry.markdown = page.markdown
             entry.source = page.source
             entry.seconds = round(page.seconds, 3)
             entry.error = page.error
             entry.width, entry.height = page.width, page.height
+            entry.meta = dict(page.meta) or None
         metrics = self._runner.metrics
-        metrics.pages.labels(status=entry.status, source=page.source).inc()
-        if page.source == "ocr":
+        fallback = page.meta.get("fallback")
+        metrics.pages.labels(status=entry.status, source=f"fallback-{fallback}" if fallback else page.source).inc()
+        loops = page.meta.get("loops")
+        if isinstance(loops, list):
+            metrics.page_retries.inc(min(len(loops), self._runner.options.loop_retries))
+        if fallback:
+            metrics.page_fallbacks.labels(to=str(fallback)).inc()
+        if page.source == "ocr" and not fallback:
             metrics.page_seconds.labels(engine=self._engine).observe(page.seconds)
-        self._saver.save()
-        self._runner._notify(self._record.id)
-        self._runner._check_stop(self._record.id)
+        self._runner.writer.mark(self._record.id)

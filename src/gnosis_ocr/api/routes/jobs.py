@@ -57,7 +57,11 @@ UPLOAD_BODY: dict[str, Any] = {
                             "items": {"type": "string", "format": "binary"},
                             "description": "One document per part: PDF, PNG, JPEG, TIFF or WebP.",
                         },
-                        "engine": {"type": "string", "enum": ["auto", "nanonets", "tesseract"], "default": "auto"},
+                        "engine": {
+                            "type": "string",
+                            "enum": ["auto", "vlm", "nanonets", "tesseract"],
+                            "default": "auto",
+                        },
                         "pages": {"type": "string", "description": "Page selection for every document, e.g. 1-3,7."},
                         "text_layer": {"type": "string", "enum": list(TEXT_LAYER_CHOICES), "default": "auto"},
                     },
