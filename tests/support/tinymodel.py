@@ -2,7 +2,8 @@
 
 `build_tiny_model(dest)` writes a folder laid out like a real Qwen2.5-VL repository on the Hub:
 
-    config.json                       Qwen2_5_VLConfig: 2 text layers (hidden 64), 2 vision blocks (hidden 32)
+    config.json                       Qwen2_5_VLConfig: 2 text layers (hidden 64, 2 heads of 32, 1 KV head),
+                                      2 vision blocks (hidden 32)
     generation_config.json            greedy decoding, eos = <|im_end|>, <|endoftext|>
     model-0000k-of-0000n.safetensors  float32 weights, `shards` files (one `model.safetensors` when shards=1)
     model.safetensors.index.json      only when shards > 1
@@ -37,7 +38,7 @@ MODEL_TYPE = "qwen2_5_vl"
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 
 # Bump when the layout or contents change, so `tiny_model_dir` never reuses an older build.
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: text head_dim 32 (vLLM's CPU attention takes 32, 64, 80, ... only)
 
 # Qwen2.5-VL's special tokens, in Qwen's order (ids are consecutive right after the learned vocabulary).
 SPECIAL_TOKENS = (
@@ -214,10 +215,10 @@ def _model_config() -> Any:
             "hidden_size": text_hidden,
             "intermediate_size": 128,
             "num_hidden_layers": 2,
-            "num_attention_heads": 4,  # head_dim 16; mrope sections (t, h, w) add up to head_dim / 2
-            "num_key_value_heads": 2,
+            "num_attention_heads": 2,  # head_dim 32 (vLLM's CPU kernels need >= 32); mrope sections sum to 16
+            "num_key_value_heads": 1,
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1000000.0},
+            "rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 1000000.0},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
