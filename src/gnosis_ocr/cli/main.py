@@ -14,6 +14,7 @@ from gnosis_ocr import __version__
 from gnosis_ocr.cli.batch import batch
 from gnosis_ocr.cli.cache import cache_app
 from gnosis_ocr.cli.errors import exit_code
+from gnosis_ocr.cli.models import models
 from gnosis_ocr.cli.ocr import ocr
 from gnosis_ocr.cli.serve import serve
 from gnosis_ocr.errors import GnosisError
@@ -39,6 +40,7 @@ app.add_typer(cache_app, name="cache")
 app.command()(ocr)
 app.command()(batch)
 app.command()(serve)
+app.command()(models)
 
 
 def _version(value: bool) -> None:
