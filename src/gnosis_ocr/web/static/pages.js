@@ -131,8 +131,12 @@ export class PageViewer {
     const button = this.items.get(page.n);
     if (!button) return;
     button.dataset.status = page.status;
-    button.setAttribute("aria-label", `${this.pageName(page)}: ${STATUS_WORDS[page.status] ?? page.status}`);
-    button.title = page.status === "failed" && page.error ? `Failed: ${page.error}` : "";
+    const fallback = fallbackWords(page);
+    if (fallback) button.dataset.fallback = "yes";
+    else delete button.dataset.fallback;
+    const words = STATUS_WORDS[page.status] ?? page.status;
+    button.setAttribute("aria-label", `${this.pageName(page)}: ${words}${fallback ? ` (${fallback})` : ""}`);
+    button.title = page.status === "failed" && page.error ? `Failed: ${page.error}` : fallback ?? "";
   }
 
   markSelected() {
@@ -186,7 +190,7 @@ export class PageViewer {
     ui.next.disabled = index >= this.order.length - 1;
 
     if (page.status === "done") {
-      this.note("");
+      this.note(fallbackWords(page) ?? "");
       if (!this.details.has(n)) {
         ui.html.replaceChildren();
         ui.raw.textContent = "";
@@ -296,4 +300,12 @@ export class PageViewer {
     this.ui.html.hidden = raw;
     this.ui.raw.hidden = !raw;
   }
+}
+
+/** What the loop guard did to a page, in words; null for a page read as usual. */
+function fallbackWords(page) {
+  const fallback = page.meta?.fallback;
+  if (!fallback) return null;
+  const from = fallback === "text-layer" ? "the PDF's own text layer" : `the ${fallback} engine`;
+  return `The model repeated itself on this page; this text is from ${from}.`;
 }
