@@ -376,10 +376,13 @@ class JobRunner:
         except Exception as exc:  # storage is failing: the job goes on in memory, the writer retries
             logger.warning("job %s: saving failed (%s); will retry", record.id, exc)
             self.writer.mark(record.id)
+        evicted: list[str] = []
         with self.table.changing(record.id):
             change(record)
             if retire and not self.table.deleted(record.id):
-                self.table.finish(record)
+                evicted = self.table.finish(record)
+        for job_id in evicted:  # no longer held here: nothing of theirs is written again
+            self.writer.forget(job_id)
 
     def _finish(self, record: JobRecord, status: JobStatus, error: ErrorInfo | None) -> None:
         finished_at = utcnow()

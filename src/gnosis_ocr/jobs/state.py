@@ -84,13 +84,16 @@ class JobTable:
 
     # -- membership --------------------------------------------------------------------------------------
 
-    def finish(self, record: JobRecord) -> None:
-        """Under the lock: move a live record to the finished list (bounded)."""
+    def finish(self, record: JobRecord) -> list[str]:
+        """Under the lock: move a live record to the finished list (bounded); the ids it pushed out of memory."""
         self.live.pop(record.id, None)
         self.finished[record.id] = record
+        evicted = []
         while len(self.finished) > FINISHED_KEPT:
-            evicted, _ = self.finished.popitem(last=False)
-            self._versions.pop(evicted, None)
+            job_id, _ = self.finished.popitem(last=False)
+            self._versions.pop(job_id, None)
+            evicted.append(job_id)
+        return evicted
 
     def bury(self, job_id: str) -> None:
         """Deleted: gone for readers at once, forgotten from memory."""

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gnosis_ocr.api.auth import require_api_key
-from gnosis_ocr.api.deps import Context, Engines, Model
+from gnosis_ocr.api.deps import Context, Engines, Jobs, Model
 from gnosis_ocr.api.schemas import ERROR_RESPONSES, Health, ReadinessOut, readiness_out
 
 probes = APIRouter(tags=["health"])
@@ -24,12 +24,15 @@ async def healthz() -> Health:
     summary="The model is resolved and the service can take work",
     responses={503: {"model": ReadinessOut, "description": "Not ready; `reason` says why and what next."}},
 )
-async def readyz(model: Model, engines: Engines, response: Response) -> ReadinessOut:
-    """200 once the default engine is loaded (the VLM: from a complete cache, a hit at start-up or warmed), else 503.
+async def readyz(model: Model, engines: Engines, jobs: Jobs, response: Response) -> ReadinessOut:
+    """200 once the default engine is loaded (the VLM: from a complete cache, a hit at start-up or warmed) and the
+    job runner takes jobs, else 503.
 
     The body carries the cache state and policy, the background warm's progress, and the reason in words.
     """
     out = readiness_out(model.readiness(), model, engines.status())
+    if out.ready and not jobs.alive:
+        out.ready, out.reason = False, "the job runner is not running: uploaded jobs would not start"
     response.status_code = 200 if out.ready else 503
     return out
 
