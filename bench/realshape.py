@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tests.support.tinymodel import SPECIAL_TOKENS
+
 from gnosis_ocr.modelcache.fsutil import ensure_dir, temp_path
 from gnosis_ocr.modelcache.hashing import sha256_file
 from gnosis_ocr.modelcache.layout import repo_layout
@@ -128,20 +130,7 @@ REAL_PARAMETERS = 3_754_622_976
 
 # Qwen2.5's added tokens at their real ids: the first 14 are special (Qwen2.5-VL's), the rest plain added tokens.
 QWEN_ADDED_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
+    *SPECIAL_TOKENS,
     "<tool_call>",
     "</tool_call>",
     "<|fim_prefix|>",
@@ -151,7 +140,7 @@ QWEN_ADDED_TOKENS = (
     "<|repo_name|>",
     "<|file_sep|>",
 )
-N_SPECIAL = 14
+N_SPECIAL = len(SPECIAL_TOKENS)
 FIRST_ADDED_ID = 151643  # = the number of regular (BPE) tokens in Qwen2.5's vocabulary
 
 # preprocessor_config.json of Qwen2.5-VL (pixel bounds 56x56 .. 12.8 MP; pages come at ~2.4 MP and stay so).
