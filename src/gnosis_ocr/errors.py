@@ -22,6 +22,7 @@
     └── JobError                               a service job cannot be found or changed as asked
         ├── JobNotFoundError (LookupError)     no job has this id
         ├── JobFinishedError                   already finished (cannot cancel)
+        ├── JobOwnershipLostError              job.json changed since it was read (another instance took the job)
         └── QueueFullError                     too many jobs waiting
 
 Third-party exceptions are wrapped once, where they enter (``raise ... from exc``). Only the edges (``cli``,
@@ -128,6 +129,17 @@ class JobNotFoundError(JobError, LookupError):
 
 class JobFinishedError(JobError):
     """The job has already finished; it cannot be cancelled."""
+
+
+class JobOwnershipLostError(JobError):
+    """A conditional write of a job found the stored record changed (or gone) since this instance read it.
+
+    On shared storage that means another instance has taken the job over (or it was deleted): this instance must
+    stop working on it and write nothing more for it. ``job_id`` names the job."""
+
+    def __init__(self, message: str, *, job_id: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.job_id = job_id
 
 
 class QueueFullError(JobError):

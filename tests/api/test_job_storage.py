@@ -4,6 +4,7 @@ retention, and taking over the unfinished jobs of an instance that went silent."
 from __future__ import annotations
 
 import io
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -119,3 +120,89 @@ def test_retention_deletes_only_jobs_finished_long_enough_ago(tmp_path: Path) ->
     assert store.job_ids() == sorted([recent.id, running.id])
     assert runner.sweep(now=utcnow() + timedelta(hours=2)) == 1  # recent's turn; never an unfinished job
     assert store.job_ids() == [running.id]
+
+
+class _Slow:
+    def __init__(self, delay: float) -> None:
+        self.engine = FakeEngine(delay=delay, batch_size=1)
+
+    def get(self, name: str) -> FakeEngine:
+        return self.engine
+
+
+def _shared_runner(gcs: FakeGcs, bucket: str, tmp_path: Path, name: str, delay: float) -> JobRunner:
+    store = JobStore(f"gs://{bucket}/service", filesystem=gcs.fs())
+    settings = Settings(storage=str(tmp_path / "storage"))
+    options = RunnerOptions(limits=settings.limits(), stale_seconds=30.0, save_interval=0.05)
+    return JobRunner(store, _Slow(delay), options, instance=name)
+
+
+def test_two_instances_taking_over_one_job_at_once_run_it_once(gcs: FakeGcs, tmp_path: Path) -> None:
+    """Both find the same orphan on start-up; the bucket's generation precondition lets exactly one take it."""
+    bucket = gcs.new_bucket("race")
+    store = JobStore(f"gs://{bucket}/service", filesystem=gcs.fs())
+    orphan = _orphan(store, "gone-instance", make.text_pdf(PDF_PAGES), tmp_path)
+    runners = [_shared_runner(gcs, bucket, tmp_path, f"instance-{i}", 0.05) for i in range(2)]
+    barrier = threading.Barrier(2)
+
+    def start(runner: JobRunner) -> None:
+        barrier.wait()
+        runner.start()
+
+    threads = [threading.Thread(target=start, args=(r,)) for r in runners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        owners = [r for r in runners if r.owns(orphan.id) or r.table.record(orphan.id) is not None]
+        assert len(owners) == 1, [r.instance for r in owners]
+        deadline = time.monotonic() + 30
+        while (stored := store.load(orphan.id)) is None or not stored.finished:
+            assert time.monotonic() < deadline, "the job never finished"
+            time.sleep(0.05)
+        assert stored.status == "done" and stored.owner == owners[0].instance
+        assert stored.pages[0].markdown == "kept from before"
+    finally:
+        for runner in runners:
+            runner.close()
+
+
+def test_an_instance_whose_job_was_taken_over_stops_and_writes_nothing_more(gcs: FakeGcs, tmp_path: Path) -> None:
+    bucket = gcs.new_bucket("takeover")
+    first = _shared_runner(gcs, bucket, tmp_path, "first", 0.3)
+    first.start()
+    try:
+        pdf = make.text_pdf([[f"page {i}"] for i in range(12)])
+        record = JobRecord(
+            id=new_job_id(),
+            documents=[DocumentEntry(index=0, name="d.pdf", size_bytes=len(pdf), kind="pdf", page_count=12)],
+            pages=[PageEntry(n=i, document=0, page=i) for i in range(1, 13)],
+        )
+        staged = tmp_path / "d.upload"
+        staged.write_bytes(pdf)
+        first.store.put_input(record.id, 0, staged)
+        first.submit(record)
+        deadline = time.monotonic() + 30
+        while first.snapshot(record.id).progress().pages_done < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # another instance takes the job over (as it would from an instance it took for dead)
+        store = JobStore(f"gs://{bucket}/service", filesystem=gcs.fs())
+        loaded = store.load_versioned(record.id)
+        assert loaded is not None
+        taken, token = loaded
+        taken.owner, taken.status = "second", "queued"
+        store.heartbeat("second")  # alive: the first instance must not take it back
+        store.save(taken, expect=token)
+        while first.owns(record.id):  # its next write is refused: it lets the job go
+            assert time.monotonic() < deadline, "the first instance kept writing the job"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        after = store.load(record.id)
+        assert after is not None and after.owner == "second" and after.status == "queued"
+        assert first.snapshot(record.id).owner == "second"  # read from the store now
+    finally:
+        first.close()
+    final = store.load(record.id)
+    assert final is not None and final.owner == "second"  # the shutdown did not write it back either

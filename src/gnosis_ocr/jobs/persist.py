@@ -8,6 +8,10 @@ move forward in storage: a copy older than the one written last is skipped. A de
 
 A failed write is logged, counted and retried with backoff; the job in memory goes on (it is the truth while the
 instance lives) and storage catches up when it can.
+
+Ownership: every write of a job this instance owns is conditional on the version it last read or wrote (the
+object store's generation or ETag precondition, ``JobStore.save(expect=...)``). When another instance has taken
+the job over, the write is refused, nothing is retried, and ``on_lost`` tells the runner to let the job go.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from gnosis_ocr.errors import JobOwnershipLostError
 from gnosis_ocr.jobs.record import JobRecord
 from gnosis_ocr.jobs.state import JobTable
-from gnosis_ocr.jobs.store import JobStore
+from gnosis_ocr.jobs.store import ABSENT, JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +39,14 @@ class JobWriter:
         *,
         interval: float = 0.5,
         on_error: Callable[[Exception], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.table = table
         self.interval = interval
         self._on_error = on_error
+        self._on_lost = on_lost
+        self._tokens: dict[str, str] = {}  # job id -> the stored version this instance last read or wrote
         self._cond = threading.Condition()
         self._due: dict[str, float] = {}  # job id -> monotonic time its write is due
         self._written: dict[str, int] = {}  # job id -> version last written
@@ -65,12 +73,22 @@ class JobWriter:
                 self._due[job_id] = time.monotonic() + self.interval
                 self._cond.notify()
 
+    def adopt(self, job_id: str, token: str | None) -> None:
+        """The stored version this instance read (``load_versioned``) and now writes on top of; None: a new job,
+        whose first write must create it."""
+        with self._cond:
+            self._tokens[job_id] = token if token is not None else ABSENT
+
     def save(self, record: JobRecord, version: int) -> None:
-        """Write ``record`` (a copy nobody else changes) as ``version`` now. Raises what storage raises."""
+        """Write ``record`` (a copy nobody else changes) as ``version`` now. Raises what storage raises, and
+        JobOwnershipLostError when another instance has the job now."""
         with self._lock(record.id):
             if self.table.deleted(record.id) or version <= self._written.get(record.id, -1):
                 return
-            self.store.save(record)
+            expect = self._tokens.get(record.id) if self.store.conditional else None
+            token = self.store.save(record, expect=expect)
+            if expect is not None and token is not None:
+                self._tokens[record.id] = token
             self._written[record.id] = version
 
     def delete(self, job_id: str) -> None:
@@ -80,6 +98,7 @@ class JobWriter:
         with self._cond:
             self._due.pop(job_id, None)
             self._written.pop(job_id, None)
+            self._tokens.pop(job_id, None)
             self._locks.pop(job_id, None)
 
     def forget(self, job_id: str) -> None:
@@ -87,6 +106,7 @@ class JobWriter:
         with self._cond:
             if job_id not in self._due:
                 self._written.pop(job_id, None)
+                self._tokens.pop(job_id, None)
                 self._locks.pop(job_id, None)
 
     # -- the writer --------------------------------------------------------------------------------------
@@ -116,6 +136,12 @@ class JobWriter:
     def _try(self, job_id: str) -> bool:
         try:
             self._write_latest(job_id)
+        except JobOwnershipLostError as exc:
+            logger.warning("job %s: %s", job_id, exc.message)
+            self.forget(job_id)
+            if self._on_lost is not None:
+                self._on_lost(job_id)
+            return False
         except Exception as exc:
             self._failures += 1
             delay = min(RETRY_MAX, self.interval * 2**self._failures)

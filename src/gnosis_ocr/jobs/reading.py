@@ -12,8 +12,8 @@ needs reading (so pages of every running job share the device fairly), and handl
 Memory is bounded by design: the pages in flight (at most the engine's capacity, shared by all readers) plus one
 rendered page per reader waiting for its place.
 
-Stopping: ``Stop.trigger("cancel"|"delete")`` aborts this reader's pages in the engine at once and leaves them
-pending; ``"shutdown"`` stops submitting, lets the pages in flight finish until ``grace`` seconds have passed,
+Stopping: ``Stop.trigger("cancel"|"delete"|"lost")`` aborts this reader's pages in the engine at once and leaves
+them pending; ``"shutdown"`` stops submitting, lets the pages in flight finish until ``grace`` seconds have passed,
 then aborts the rest, which stay pending (never failed) for the next start to read.
 """
 
@@ -39,7 +39,7 @@ from gnosis_ocr.jobs.slots import SLOT, FairSlots
 logger = logging.getLogger(__name__)
 
 TextLayerPolicy = Literal["auto", "never", "only"]
-StopReason = Literal["cancel", "delete", "shutdown"]
+StopReason = Literal["cancel", "delete", "shutdown", "lost"]  # lost: another instance has the job now
 FallbackProvider = Callable[[], StreamingEngine | None]
 
 
@@ -61,7 +61,7 @@ class Stop:
 
     def trigger(self, reason: StopReason) -> None:
         with self._lock:
-            if self.reason is None or reason == "delete":
+            if self.reason is None or reason in ("delete", "lost"):
                 self.reason = reason
             inboxes = list(self._inboxes)
         for inbox in inboxes:

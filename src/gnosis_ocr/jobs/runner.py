@@ -43,6 +43,7 @@ from gnosis_ocr.errors import (
     GnosisError,
     JobFinishedError,
     JobNotFoundError,
+    JobOwnershipLostError,
     QueueFullError,
 )
 from gnosis_ocr.jobs.metrics import JobMetrics
@@ -109,7 +110,7 @@ class JobRunner:
         self.metrics = metrics or JobMetrics()
         self.instance = instance or f"{int(time.time()):x}-{secrets.token_hex(4)}"
         self.table = JobTable()
-        self.writer = JobWriter(store, self.table, interval=options.save_interval)
+        self.writer = JobWriter(store, self.table, interval=options.save_interval, on_lost=self._lost)
         self._lock = self.table.lock
         self._wake = threading.Condition(self._lock)
         self._queue: deque[str] = deque()
@@ -214,6 +215,7 @@ class JobRunner:
         """Queue a new job whose inputs are in the store. QueueFullError when too many wait."""
         self.check_capacity()
         record.owner = self.instance
+        self.writer.adopt(record.id, None)  # its first write creates it
         self.writer.save(record.model_copy(deep=True), 1)
         with self.table.changing(record.id):
             self.table.live[record.id] = record
@@ -273,10 +275,14 @@ class JobRunner:
             with self._lock:
                 if job_id in self.table.live or self.table.deleted(job_id):
                     continue
-            record = self.store.load(job_id)
+            if self.store.conditional:
+                loaded = self.store.load_versioned(job_id)
+                record, token = loaded if loaded is not None else (None, None)
+            else:
+                record, token = self.store.load(job_id), None
             if record is None or record.finished or not self._may_take(record):
                 continue
-            taken += self._take(record)
+            taken += self._take(record, token)
         return taken
 
     def _may_take(self, record: JobRecord) -> bool:
@@ -285,8 +291,22 @@ class JobRunner:
         seen = self.store.instance_seen(record.owner)
         return seen is None or time.time() - seen > self.options.stale_seconds
 
-    def _take(self, record: JobRecord) -> int:
+    def _take(self, record: JobRecord, token: str | None) -> int:
+        """Take a stored job over, conditional on the version read: of several instances taking the same job at
+        once, the store lets exactly one write it; the others leave it."""
         previous = record.owner
+        if token is not None:
+            self.writer.adopt(record.id, token)
+        try:
+            return self._take_over(record, previous)
+        except JobOwnershipLostError:
+            with self._lock:
+                self.table.live.pop(record.id, None)
+            self.writer.forget(record.id)
+            logger.info("job %s: another instance took it over first; leaving it", record.id)
+            return 0
+
+    def _take_over(self, record: JobRecord, previous: str | None) -> int:
         if record.attempts >= MAX_ATTEMPTS:
             with self._lock:
                 self.table.live[record.id] = record
@@ -373,6 +393,8 @@ class JobRunner:
         change(copy)
         try:
             self.writer.save(copy, version)
+        except JobOwnershipLostError:
+            raise  # another instance has it: nothing of this change may be shown or written
         except Exception as exc:  # storage is failing: the job goes on in memory, the writer retries
             logger.warning("job %s: saving failed (%s); will retry", record.id, exc)
             self.writer.mark(record.id)
@@ -407,6 +429,20 @@ class JobRunner:
             f": {error.message}" if error else "",
         )
 
+    def _lost(self, job_id: str) -> None:
+        """Another instance owns the job now: stop reading it and let it go from memory, writing nothing more."""
+        with self._lock:
+            record = self.table.live.pop(job_id, None)
+            stop = self._running.get(job_id)
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                self.metrics.queued.set(len(self._queue))
+        if stop is not None:
+            stop.trigger("lost")
+        self.table.changed(job_id)
+        if record is not None:
+            logger.warning("job %s: another instance has taken it over; this one stops working on it", job_id)
+
     # -- admission and reading ---------------------------------------------------------------------------
 
     def _admit(self) -> None:
@@ -436,6 +472,8 @@ class JobRunner:
         job_id = record.id
         try:
             self._process(record, stop)
+        except JobOwnershipLostError:
+            self._lost(job_id)
         except Exception:
             logger.exception("job %s: unexpected failure", job_id)
             if not record.finished and stop.reason is None:
@@ -506,7 +544,7 @@ class JobRunner:
         self._settle(record, stop.reason, started)
 
     def _settle(self, record: JobRecord, reason: StopReason | None, started: float) -> None:
-        if reason == "delete":
+        if reason in ("delete", "lost"):
             return
         if reason == "shutdown":
             self._commit(record, _requeued)

@@ -8,28 +8,61 @@ Layout under the storage root::
     instances/<instance>.json   each running instance's heartbeat (shared storage takes over silent ones)
 
 Every path is built from a validated job id and integers, never from a name a user sent.
+
+Who owns a job is decided by the store itself, never by a lock through a mount. ``load_versioned`` returns the record
+with an opaque version token of the object it read, and ``save(record, expect=token)`` writes only if ``job.json``
+is still at that version (``expect=ABSENT``: only if there is none yet), else raises ``JobOwnershipLostError``:
+
+* ``gs://``: the token is the object's generation; the write is one multipart upload with ``ifGenerationMatch``
+  (``0`` for ABSENT). Multipart, not ``uploadType=media``: GCS honours the precondition on both, fake-gcs-server
+  (the emulator the tests use) only on multipart and resumable uploads.
+* ``s3://``: the token is the ETag (the MD5 of the body for a plain PUT: it names the content, not the write, which
+  is enough because a decision taken on a record holds for any record with the same bytes); the write is a PutObject
+  with ``If-Match`` (``If-None-Match: *`` for ABSENT). A 409 ConditionalRequestConflict is retried, as AWS advises.
+* a local folder: the token is inode, mtime (ns) and size of ``job.json``; check and rename happen under ``flock``
+  on the job's folder. That is correct for processes on one host only, which is all a local folder serves: local
+  storage is never shared between instances (a network file system as GNOSIS_STORAGE is not supported).
+
+A transport retry can resend a conditional write that had already landed; the store then sees its own bytes under a
+new version and returns that version instead of reporting a loss.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
+from urllib.parse import quote
 
 from pydantic import ValidationError
 
-from gnosis_ocr.errors import ConfigError
+from gnosis_ocr.errors import ConfigError, JobOwnershipLostError
 from gnosis_ocr.jobs.record import JobRecord, valid_job_id
 from gnosis_ocr.modelcache.fsutil import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
+
+ABSENT: Final = "absent"
+"""``save(record, expect=ABSENT)``: create only, fail if the job already has a ``job.json``."""
+
+_CONFLICT_RETRIES = 3  # S3 409 ConditionalRequestConflict: "retry the request" (AWS PutObject reference)
+
+
+class _PreconditionFailed(Exception):
+    """The store refused a conditional write: the object is no longer at the expected version (or is gone)."""
+
+
+class _ConditionalConflict(Exception):
+    """S3 409 ConditionalRequestConflict: a concurrent operation on the key; the write may be retried."""
 
 
 class JobStore:
@@ -52,6 +85,7 @@ class JobStore:
         self.fs = fs
         self.root = str(root).rstrip("/")
         self.local = isinstance(fs, LocalFileSystem)
+        self._kind = _store_kind(fs, self.local)
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
             self.staging_root = Path(self.root) / "staging"
@@ -71,6 +105,9 @@ class JobStore:
 
     def _input_path(self, job_id: str, index: int) -> str:
         return f"{self._job_dir(job_id)}/inputs/{int(index)}"
+
+    def _record_path(self, job_id: str) -> str:
+        return f"{self._job_dir(job_id)}/job.json"
 
     def _image_path(self, job_id: str, n: int) -> str:
         return f"{self._job_dir(job_id)}/pages/{int(n)}.png"
@@ -103,20 +140,187 @@ class JobStore:
 
     # -- jobs --------------------------------------------------------------------------------------------
 
-    def save(self, record: JobRecord) -> None:
-        self._write(f"{self._job_dir(record.id)}/job.json", record.model_dump_json().encode())
+    def save(self, record: JobRecord, *, expect: str | None = None) -> str | None:
+        """Write ``job.json``; return the version now stored where it is known cheaply (else None).
+
+        ``expect=None`` writes unconditionally. ``expect=<token from load_versioned or an earlier save>`` writes
+        only if the stored record is still at that version, ``expect=ABSENT`` only if there is none; otherwise
+        JobOwnershipLostError: another instance changed or took the job (or it was deleted), so stop working on it.
+        """
+        path = self._record_path(record.id)
+        data = record.model_dump_json().encode()
+        if expect is None:
+            if self.local:
+                return self._local_save(record.id, path, data, None)
+            return _put_token(self.fs.pipe_file(path, data))
+        if self._kind is None:
+            raise self._unsupported()
+        try:
+            if self.local:
+                return self._local_save(record.id, path, data, expect)
+            return self._remote_save_if(path, data, expect)
+        except _PreconditionFailed:
+            pass
+        current = self._read_versioned(path)
+        if current is not None and current[0] == data:
+            # Our own write landed earlier (a transport retry resent it and met its own new version).
+            return current[1]
+        raise self._lost(record.id, expect)
 
     def load(self, job_id: str) -> JobRecord | None:
         if not valid_job_id(job_id):
             return None
-        data = self._read(f"{self._job_dir(job_id)}/job.json")
-        if data is None:
+        data = self._read(self._record_path(job_id))
+        return None if data is None else _parse_record(job_id, data)
+
+    @property
+    def conditional(self) -> bool:
+        """Conditional writes (``save(expect=...)``, ``load_versioned``) work on this store."""
+        return self._kind is not None
+
+    def load_versioned(self, job_id: str) -> tuple[JobRecord, str] | None:
+        """The record and the version token of the very object read (for ``save(..., expect=token)``)."""
+        if not valid_job_id(job_id):
             return None
+        if self._kind is None:
+            raise self._unsupported()
+        read = self._read_versioned(self._record_path(job_id))
+        if read is None:
+            return None
+        record = _parse_record(job_id, read[0])
+        return None if record is None else (record, read[1])
+
+    # -- conditional writes ------------------------------------------------------------------------------
+
+    def _read_versioned(self, path: str) -> tuple[bytes, str] | None:
+        """Body and version of one object, from one read (never a stat and a read that could straddle a write)."""
         try:
-            return JobRecord.model_validate_json(data)
-        except ValidationError as exc:
-            logger.warning("job %s: unreadable job.json (%s); ignoring it", job_id, exc.error_count())
+            if self._kind == "local":
+                with Path(path).open("rb") as fh:
+                    return fh.read(), _local_token(os.fstat(fh.fileno()))
+            if self._kind == "gcs":
+                headers, data = self.fs.call("GET", self.fs.url(path))
+                generation = headers.get("x-goog-generation")
+                if not generation:
+                    raise OSError(f"GCS sent {path} without an x-goog-generation header")
+                return bytes(data), str(generation)
+            if self._kind == "s3":
+                import fsspec.asyn
+
+                bucket, key, _ = self.fs.split_path(path)
+                body, etag = fsspec.asyn.sync(self.fs.loop, self._s3_get, bucket, key)
+                return body, etag
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        raise self._unsupported()
+
+    async def _s3_get(self, bucket: str, key: str) -> tuple[bytes, str]:
+        out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+        async with out["Body"] as body:
+            data: bytes = await body.read()
+        return data, str(out["ETag"])
+
+    def _local_save(self, job_id: str, path: str, data: bytes, expect: str | None) -> str:
+        # Unconditional saves take the lock too, so no write slips between a conditional save's check and rename.
+        with self._local_lock(job_id, create=expect in (None, ABSENT)):
+            if expect is not None:
+                try:
+                    current: str | None = _local_token(Path(path).stat())
+                except FileNotFoundError:
+                    current = None
+                if current != (None if expect == ABSENT else expect):
+                    raise _PreconditionFailed
+            atomic_write_bytes(Path(path), data, cache=False)
+            return _local_token(Path(path).stat())
+
+    @contextlib.contextmanager
+    def _local_lock(self, job_id: str, *, create: bool) -> Iterator[None]:
+        """An exclusive flock on the job's folder (one host only; released when the descriptor closes)."""
+        folder = Path(self._job_dir(job_id))
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError as exc:
+            if not create:
+                raise _PreconditionFailed from exc  # the job was deleted since it was read
+            folder.mkdir(parents=True, exist_ok=True)  # deleted between mkdir and open: as an unlocked write would
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _remote_save_if(self, path: str, data: bytes, expect: str) -> str:
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                token = (
+                    self._gcs_put_if(path, data, expect) if self._kind == "gcs" else self._s3_put_if(path, data, expect)
+                )
+            except _ConditionalConflict:
+                if attempt == _CONFLICT_RETRIES - 1:
+                    raise _PreconditionFailed from None
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            self.fs.invalidate_cache(path)
+            return token
+        raise AssertionError("unreachable")
+
+    def _gcs_put_if(self, path: str, data: bytes, expect: str) -> str:
+        bucket, key, _ = self.fs.split_path(path)
+        boundary = secrets.token_hex(16)
+        head = (
+            f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{json.dumps({'name': key})}\r\n"
+            f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        try:
+            out = self.fs.call(
+                "POST",
+                f"{self.fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
+                uploadType="multipart",
+                ifGenerationMatch="0" if expect == ABSENT else expect,
+                headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},
+                data=head.encode() + data + f"\r\n--{boundary}--\r\n".encode(),
+                json_out=True,
+            )
+        except FileExistsError as exc:  # gcsfs raises this for HTTP 412 Precondition Failed
+            raise _PreconditionFailed from exc
+        return str(out["generation"])
+
+    def _s3_put_if(self, path: str, data: bytes, expect: str) -> str:
+        bucket, key, _ = self.fs.split_path(path)
+        condition = {"IfNoneMatch": "*"} if expect == ABSENT else {"IfMatch": expect}
+        try:
+            out = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        except OSError as exc:  # s3fs translates the ClientError and keeps it as __cause__
+            code = _s3_error_code(exc)
+            if code == "PreconditionFailed" or (code == "NoSuchKey" and expect != ABSENT):
+                raise _PreconditionFailed from exc  # NoSuchKey: If-Match on a deleted job
+            if code == "ConditionalRequestConflict":
+                raise _ConditionalConflict from exc
+            raise
+        return str(out["ETag"])
+
+    def _lost(self, job_id: str, expect: str) -> JobOwnershipLostError:
+        if expect == ABSENT:
+            what = f"Job {job_id} already has a record in {self.url}: another instance created or took it first."
+        else:
+            what = (
+                f"Job {job_id} changed in {self.url} since this instance read it (job.json is no longer at version "
+                f"{expect}): another instance has taken the job over, or it was deleted."
+            )
+        return JobOwnershipLostError(
+            what,
+            job_id=job_id,
+            hint="This instance must stop working on the job and write nothing more for it; its owner carries on.",
+        )
+
+    def _unsupported(self) -> ConfigError:
+        return ConfigError(
+            f"GNOSIS_STORAGE={self.url!r} has no conditional writes here, so job ownership cannot be decided.",
+            hint="Use a local folder (one instance), gs://bucket/prefix or s3://bucket/prefix.",
+        )
 
     def job_ids(self) -> list[str]:
         try:
@@ -194,3 +398,48 @@ class JobStore:
     def forget_instance(self, instance: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(f"{self.root}/instances/{instance}.json")
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _store_kind(fs: Any, local: bool) -> Literal["local", "gcs", "s3"] | None:
+    """Which conditional-write protocol this filesystem speaks (None: none that the store knows)."""
+    if local:
+        return "local"
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if {"gs", "gcs"} & set(protocols):
+        return "gcs"
+    if "s3" in protocols:
+        return "s3"
+    return None
+
+
+def _parse_record(job_id: str, data: bytes) -> JobRecord | None:
+    try:
+        return JobRecord.model_validate_json(data)
+    except ValidationError as exc:
+        logger.warning("job %s: unreadable job.json (%s); ignoring it", job_id, exc.error_count())
+        return None
+
+
+def _local_token(st: os.stat_result) -> str:
+    # Every save renames a new file into place: a new inode, mtime and often size. One host only (see module doc).
+    return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+
+def _put_token(out: object) -> str | None:
+    """The version in an unconditional ``pipe_file`` answer: gcsfs returns the object resource (``generation``)
+    for a simple upload, s3fs the PutObject response (``ETag``); anything else is unknown."""
+    if isinstance(out, dict):
+        token = out.get("generation") or out.get("ETag")
+        return str(token) if token else None
+    return None
+
+
+def _s3_error_code(exc: BaseException) -> str | None:
+    response = getattr(exc.__cause__, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code else None
+    return None
