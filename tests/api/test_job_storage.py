@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gnosis_ocr.engines.fake import FakeEngine
+from gnosis_ocr.errors import JobOwnershipLostError
 from gnosis_ocr.jobs.record import DocumentEntry, JobRecord, PageEntry, new_job_id, utcnow
 from gnosis_ocr.jobs.runner import JobRunner, RunnerOptions
 from gnosis_ocr.jobs.store import JobStore
@@ -189,12 +190,18 @@ def test_an_instance_whose_job_was_taken_over_stops_and_writes_nothing_more(gcs:
             time.sleep(0.05)
         # another instance takes the job over (as it would from an instance it took for dead)
         store = JobStore(f"gs://{bucket}/service", filesystem=gcs.fs())
-        loaded = store.load_versioned(record.id)
-        assert loaded is not None
-        taken, token = loaded
-        taken.owner, taken.status = "second", "queued"
         store.heartbeat("second")  # alive: the first instance must not take it back
-        store.save(taken, expect=token)
+        while True:  # as a real take-over does: on the version read, again if the owner wrote in between
+            loaded = store.load_versioned(record.id)
+            assert loaded is not None
+            taken, token = loaded
+            taken.owner, taken.status = "second", "queued"
+            try:
+                store.save(taken, expect=token)
+                break
+            except JobOwnershipLostError:
+                assert time.monotonic() < deadline
+
         while first.owns(record.id):  # its next write is refused: it lets the job go
             assert time.monotonic() < deadline, "the first instance kept writing the job"
             time.sleep(0.05)

@@ -1,13 +1,16 @@
 """The service's own errors, and which HTTP status every error of the tree stands for.
 
-No FastAPI here: ``handlers`` turns these into responses. The service adds three conditions the core has no
+No FastAPI here: ``handlers`` turns these into responses. The service adds its own conditions the core has no
 word for, all still ``GnosisError`` so one handler serves everything::
 
     GnosisError
     └── ServiceError                  the service refuses a request in its present state
         ├── ConflictError             409: something is already running, or the configuration forbids it
         ├── UnauthorizedError         401: missing or wrong API key
+        ├── CrossSiteError            403: a state-changing request from another site's page
+        ├── HostNotAllowedError       421: a Host that GNOSIS_ALLOWED_HOSTS does not name
         ├── UnavailableError          503: not ready yet, or shutting down
+        ├── StorageFullError          507: the job storage has no space left (Retry-After)
         └── InvalidRequestError       422: a field's value cannot be used
 """
 
@@ -49,8 +52,22 @@ class UnauthorizedError(ServiceError):
     status = 401
 
 
+class CrossSiteError(ServiceError):
+    status = 403
+
+
+class HostNotAllowedError(ServiceError):
+    status = 421
+
+
 class UnavailableError(ServiceError):
     status = 503
+
+
+class StorageFullError(ServiceError):
+    """507: the job storage is out of space (ENOSPC, a quota); nothing of the request was kept."""
+
+    status = 507
 
 
 class InvalidRequestError(ServiceError):

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gnosis_ocr.api.errors import UnauthorizedError, status_for
+from gnosis_ocr.api.errors import StorageFullError, UnauthorizedError, status_for
 from gnosis_ocr.errors import GnosisError, QueueFullError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ async def _gnosis_error(request: Request, exc: Exception) -> Response:
     headers: Mapping[str, str] | None = None
     if isinstance(exc, UnauthorizedError):
         headers = AUTHENTICATE
-    elif isinstance(exc, QueueFullError):
+    elif isinstance(exc, QueueFullError | StorageFullError):
         headers = RETRY_LATER
     return error_response(status, type(exc).__name__, exc.message, exc.hint, headers)
 

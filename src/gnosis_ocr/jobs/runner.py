@@ -141,6 +141,11 @@ class JobRunner:
         """The admission thread runs (jobs queued now will start)."""
         return bool(self._threads) and self._threads[0].is_alive() and not self._stopping.is_set()
 
+    @property
+    def storage_error(self) -> str | None:
+        """Why saving jobs fails right now (the writer retries), None while storage takes writes."""
+        return self.writer.last_error
+
     def close(self, timeout: float | None = None) -> None:
         """Stop: running jobs finish their pages in flight within the grace, then go back to ``queued`` with the
         rest pending; queued jobs stay queued. Engines are the caller's to close afterwards."""

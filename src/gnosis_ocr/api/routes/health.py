@@ -25,14 +25,16 @@ async def healthz() -> Health:
     responses={503: {"model": ReadinessOut, "description": "Not ready; `reason` says why and what next."}},
 )
 async def readyz(model: Model, engines: Engines, jobs: Jobs, response: Response) -> ReadinessOut:
-    """200 once the default engine is loaded (the VLM: from a complete cache, a hit at start-up or warmed) and the
-    job runner takes jobs, else 503.
+    """200 once the default engine is loaded (the VLM: from a complete cache, a hit at start-up or warmed), the
+    job runner takes jobs and the job storage takes writes, else 503.
 
     The body carries the cache state and policy, the background warm's progress, and the reason in words.
     """
     out = readiness_out(model.readiness(), model, engines.status())
     if out.ready and not jobs.alive:
         out.ready, out.reason = False, "the job runner is not running: uploaded jobs would not start"
+    elif out.ready and jobs.storage_error is not None:
+        out.ready, out.reason = False, f"the job storage is failing ({jobs.storage_error}); saves are retried"
     response.status_code = 200 if out.ready else 503
     return out
 

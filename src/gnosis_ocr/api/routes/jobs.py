@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import html
 import json
 import tempfile
@@ -17,7 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from gnosis_ocr.api.auth import require_api_key
 from gnosis_ocr.api.deps import Context, Jobs, Views
-from gnosis_ocr.api.errors import InvalidRequestError
+from gnosis_ocr.api.errors import InvalidRequestError, StorageFullError
 from gnosis_ocr.api.job_views import JobViews
 from gnosis_ocr.api.render import markdown_to_html
 from gnosis_ocr.api.schemas import ERROR_RESPONSES, ErrorResponse, JobOut, PageOut, job_out
@@ -25,7 +26,7 @@ from gnosis_ocr.api.uploads import ReceivedUpload, UploadLimits, receive_upload
 from gnosis_ocr.documents.model import DocumentLimits
 from gnosis_ocr.documents.pages import parse_page_selection
 from gnosis_ocr.documents.render import open_document
-from gnosis_ocr.errors import ConfigError, GnosisError, JobNotFoundError
+from gnosis_ocr.errors import ConfigError, JobNotFoundError
 from gnosis_ocr.jobs.export import ascii_filename, document_stems, job_markdown, write_zip
 from gnosis_ocr.jobs.record import DocumentEntry, JobOptions, JobRecord, PageEntry, new_job_id, valid_job_id
 from gnosis_ocr.jobs.store import JobStore
@@ -99,6 +100,7 @@ JobId = Annotated[str, Depends(job_id_param)]
         415: {"model": ErrorResponse, "description": "Not a PDF, PNG, JPEG, TIFF or WebP."},
         422: {"model": ErrorResponse, "description": "Encrypted, broken or empty document; bad option."},
         503: {"model": ErrorResponse, "description": "Queue full (Retry-After) or no engine."},
+        507: {"model": ErrorResponse, "description": "The job storage is full (Retry-After); nothing was kept."},
     },
 )
 async def create_job(request: Request, ctx: Context, runner: Jobs) -> JobOut:
@@ -110,15 +112,22 @@ async def create_job(request: Request, ctx: Context, runner: Jobs) -> JobOut:
     limits = UploadLimits(
         max_files=settings.max_files, max_file_bytes=settings.max_bytes, max_total_bytes=settings.max_upload_bytes
     )
-    with runner.store.staging() as staging:
-        upload = await receive_upload(request, staging, limits)
-        options = _options(upload, ctx)
-        record = await anyio.to_thread.run_sync(_new_record, upload, options, settings.limits())
-        await anyio.to_thread.run_sync(_store_inputs, runner.store, record, upload)
+    record: JobRecord | None = None
     try:
+        with runner.store.staging() as staging:
+            upload = await receive_upload(request, staging, limits)
+            options = _options(upload, ctx)
+            record = await anyio.to_thread.run_sync(_new_record, upload, options, settings.limits())
+            await anyio.to_thread.run_sync(_store_inputs, runner.store, record, upload)
         submitted = runner.submit(record)
-    except GnosisError:
-        await anyio.to_thread.run_sync(runner.store.delete, record.id)
+    except BaseException as exc:
+        if record is not None:  # inputs stored, no job: remove them
+            await anyio.to_thread.run_sync(runner.store.delete, record.id)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFullError(
+                "The job storage has no space left; nothing of this upload was kept.",
+                hint="Retry later; an operator frees space or raises the volume's size (GNOSIS_STORAGE).",
+            ) from exc
         raise
     return job_out(submitted)
 
