@@ -72,6 +72,19 @@ def test_cloud_build_builds_fills_the_bucket_then_deploys_that_image() -> None:
     assert any(env["IMAGE"] in arg for arg in steps["build"]["args"])
 
 
+def test_cloud_build_builds_the_gpu_image_around_a_backend_the_dockerfile_has() -> None:
+    build = load("cloudbuild.yaml")
+    (step,) = [s for s in build["steps"] if s["id"] == "build"]
+    dockerfile = (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    builds = set(re.findall(r"^FROM \S+ AS build-(\w+)$", dockerfile, flags=re.MULTILINE))
+    default = re.search(r"^ARG VLM_BACKEND=(\w+)$", dockerfile, flags=re.MULTILINE)
+    assert default is not None and builds >= {"vllm", "transformers"}
+    assert "--build-arg=VLM_BACKEND=${_VLM_BACKEND}" in step["args"]
+    chosen = build["substitutions"]["_VLM_BACKEND"]
+    assert chosen in builds, f"_VLM_BACKEND={chosen}: Dockerfile.gpu has builds {sorted(builds)}"
+    assert chosen == default.group(1), "Cloud Build makes the image a plain `docker build` makes"
+
+
 def test_cloud_build_substitutions_are_declared() -> None:
     text = (ROOT / "cloudbuild.yaml").read_text()
     declared = set(load("cloudbuild.yaml")["substitutions"])
