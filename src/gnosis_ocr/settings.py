@@ -48,6 +48,12 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_TEXT_LAYER``          ``auto`` | ``never`` | ``only``: use a PDF page's own text instead of OCR.
 ``GNOSIS_MAX_PAGES``, ``GNOSIS_MAX_PAGE_PIXELS``, ``GNOSIS_MAX_TOTAL_PIXELS``, ``GNOSIS_MAX_BYTES``,
 ``GNOSIS_TARGET_PIXELS``       limits against bombs, and the size pages are rendered to.
+``GNOSIS_RENDER_WORKERS``      processes that open and render documents, per pool (default 4; two pools, one
+                               opens/checks, one renders; started as needed). 0 renders in the server process
+                               without the two limits below (trusted documents only).
+``GNOSIS_RENDER_MEMORY_MIB``   address space each of them may use (default 2048); a page past it fails alone.
+``GNOSIS_RENDER_TIMEOUT_SECONDS`` wall-clock time to open a document or render one page (default 60); a page
+                               past it fails alone, its worker is killed and replaced.
 ``GNOSIS_HOST``                address ``gnosis-ocr serve`` binds (default ``127.0.0.1``; ``0.0.0.0`` in a
                                container).
 ``GNOSIS_PORT`` or ``PORT``    its port (default 7799; Cloud Run sets ``PORT``).
@@ -63,6 +69,18 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_API_KEY``             when set, every HTTP route but ``/healthz``, ``/readyz``, the docs and the UI's
                                files needs it, as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (never
                                logged); several keys separated by commas are all accepted (key rotation).
+                               Set but empty is no key; a value with only commas or spaces refuses to start.
+``GNOSIS_ALLOWED_ORIGINS``     origins (``https://app.example.com``, comma-separated) whose pages may send
+                               POST, PUT, PATCH and DELETE; any other cross-site browser request gets 403.
+``GNOSIS_ALLOWED_HOSTS``       when set, the ``Host`` names the service answers to (comma-separated;
+                               ``name`` any port, ``name:port``, ``*.example.com``); others get 421. The
+                               probes ``/healthz`` and ``/readyz`` answer any Host.
+``GNOSIS_HTTP_HEADER_TIMEOUT`` seconds a connection gets to send a request's line and headers (default 10);
+                               a new connection that sends nothing is closed after as long.
+``GNOSIS_HTTP_MAX_HEADER_BYTES`` bytes a request's line and headers may take (default 65536); more: 431.
+``GNOSIS_HTTP_KEEPALIVE_TIMEOUT`` seconds an idle keep-alive connection stays open (default 5).
+``GNOSIS_HTTP_MAX_CONNECTIONS`` open client connections at once (default 1000); more are answered 503 and
+                               closed at once.
 =============================  ==========================================================================
 """
 
@@ -71,11 +89,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gnosis_ocr.documents.model import DocumentLimits
 
@@ -147,6 +165,9 @@ class Settings(BaseSettings):
     max_total_pixels: int = Field(default=2_000_000_000, ge=10_000)
     max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     target_pixels: int = Field(default=2_400_000, ge=100_000)
+    render_workers: int = Field(default=4, ge=0, le=64)
+    render_memory_mib: int = Field(default=2048, ge=256)
+    render_timeout_seconds: float = Field(default=60.0, gt=0)
 
     # The service's job storage: a local folder (default, ephemeral) or gs://bucket/prefix, s3://bucket/prefix
     # when several instances share job state. Jobs finished longer than job_ttl_seconds ago are deleted.
@@ -162,6 +183,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=7799, ge=1, le=65535, validation_alias=AliasChoices("GNOSIS_PORT", "PORT"))
     api_key: SecretStr | None = None
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    http_header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    http_max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    http_keepalive_timeout: int = Field(default=5, ge=1, le=3600)
+    http_max_connections: int = Field(default=1000, ge=1, le=1_000_000)
 
     @field_validator("hf_endpoint")
     @classmethod
@@ -173,6 +200,15 @@ class Settings(BaseSettings):
     def _blank_key_is_no_key(cls, value: SecretStr | None) -> SecretStr | None:
         # GNOSIS_API_KEY= (set but empty, as templated deployments often leave it) means no key, not "" as the key
         return value if value is not None and value.get_secret_value().strip() else None
+
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # "a, b" from the environment or a sequence from code; compared lower-case, an origin without its last /
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        return tuple(str(item).strip().rstrip("/").lower() for item in items if str(item).strip())
 
     @model_validator(mode="after")
     def _fill_cache_root(self) -> Settings:
@@ -197,6 +233,9 @@ class Settings(BaseSettings):
             max_page_pixels=self.max_page_pixels,
             max_total_pixels=self.max_total_pixels,
             target_pixels=min(self.target_pixels, self.max_page_pixels),
+            render_workers=self.render_workers,
+            render_memory_bytes=self.render_memory_mib * 1024 * 1024,
+            render_timeout=self.render_timeout_seconds,
         )
 
     def token(self) -> str | None:

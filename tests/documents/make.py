@@ -219,3 +219,53 @@ def docx_like_zip() -> bytes:
 
 
 HTML = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n"
+
+
+# ---------------------------------------------------------------- hostile documents
+
+
+def render_bomb_pdf(*, depth: int = 7, fanout: int = 16) -> bytes:
+    """Three pages, the second a render bomb of about 4 KB: Form XObjects nested ``depth`` deep, each drawing the one
+    below ``fanout`` times (16**7 fills in all), which PDFium parses per use, allocating without bound. Pages 1 and
+    3 are ordinary text. Render it only under a memory limit."""
+    font = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 100] /Contents %d 0 R /Resources << %s >> >>"
+    first_form = 10
+    forms = [b"<< /Type /XObject /Subtype /Form /BBox [0 0 1 1] /Length 12 >>\nstream\n0 0 1 1 re f\nendstream"]
+    for level in range(1, depth + 1):
+        draws = b" ".join(b"q 1 0 0 1 %d 0 cm /X Do Q" % (i % 2) for i in range(fanout))
+        forms.append(
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 100 100] /Resources << /XObject << /X %d 0 R >> >>"
+            b" /Length %d >>\nstream\n%s\nendstream" % (first_form + level - 1, len(draws), draws)
+        )
+    text = b"BT /F1 12 Tf 10 40 Td (page %d) Tj ET"
+    return raw_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R 4 0 R 5 0 R] /Count 3 >>",
+            page % (6, b"/Font << /F1 7 0 R >>"),
+            page % (8, b"/XObject << /X %d 0 R >>" % (first_form + depth)),
+            page % (9, b"/Font << /F1 7 0 R >>"),
+            _stream(text % 1),
+            font,
+            _stream(b"/X Do"),
+            _stream(text % 3),
+            *forms,
+        ]
+    )
+
+
+def many_frame_tiff(frames: int) -> bytes:
+    """A TIFF of ``frames`` 1 x 1 grey frames sharing one pixel, about 100 bytes a frame (written directly: Pillow's
+    ``save_all`` takes minutes for tens of thousands of frames)."""
+    out = bytearray(b"II*\x00" + struct.pack("<I", 10) + b"\x80\x00")  # header, the pixel, a pad byte
+    entries = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8), (278, 3, 1), (279, 4, 1)]
+    ifd_size = 2 + 12 * len(entries) + 4
+    for index in range(frames):
+        out += struct.pack("<H", len(entries))
+        for tag, kind, value in entries:
+            out += struct.pack("<HHII", tag, kind, 1, value)  # little-endian: a SHORT sits in the low bytes
+        following = len(out) + 4 if index < frames - 1 else 0
+        out += struct.pack("<I", following)
+        assert following in (0, 10 + (index + 1) * ifd_size)
+    return bytes(out)

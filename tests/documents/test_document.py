@@ -11,6 +11,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 
 from gnosis_ocr.documents import DocumentLimits, Page, PageError, open_document
@@ -31,12 +32,17 @@ def test_over_max_bytes_is_refused_before_reading(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [make.text_pdf([["page"]] * 5), make.multipage_tiff([(20, 20)] * 5)], ids=["pdf", "tiff"]
+    ("data", "says"),
+    [
+        (make.text_pdf([["page"]] * 5), "has 5 pages"),
+        (make.multipage_tiff([(20, 20)] * 5), "has more than 4 pages (TIFF frames)"),  # counting stops at the limit
+    ],
+    ids=["pdf", "tiff"],
 )
-def test_over_max_pages(data: bytes) -> None:
+def test_over_max_pages(data: bytes, says: str) -> None:
     with pytest.raises(DocumentLimitError) as info:
         open_document(data, limits=DocumentLimits(max_pages=4), name="long.doc")
-    assert info.value.message == "long.doc has 5 pages, over the limit of 4 (GNOSIS_MAX_PAGES)."
+    assert info.value.message == f"long.doc {says}, over the limit of 4 (GNOSIS_MAX_PAGES)."
     assert info.value.hint is not None
     assert "Raise GNOSIS_MAX_PAGES" in info.value.hint
 
@@ -117,15 +123,21 @@ def test_dropping_an_open_document_releases_the_file(tmp_path: Path) -> None:
 
 
 def _open_fds_to(path: Path) -> bool:
-    fd_dir = Path("/proc/self/fd")
-    if not fd_dir.is_dir():
+    """Whether this process or one of its children (the render workers) has ``path`` open."""
+    if not Path("/proc/self/fd").is_dir():
         return False
     targets = []
-    for fd in fd_dir.iterdir():
+    for pid in [os.getpid(), *(child.pid for child in psutil.Process().children(recursive=True))]:
+        fd_dir = Path(f"/proc/{pid}/fd")
         try:
-            targets.append(os.readlink(fd))
+            fds = list(fd_dir.iterdir())
         except OSError:
             continue
+        for fd in fds:
+            try:
+                targets.append(os.readlink(fd))
+            except OSError:
+                continue
     return str(path) in targets
 
 

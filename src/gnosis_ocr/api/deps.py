@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
+import anyio
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 
@@ -35,6 +36,11 @@ class AppContext:
     engines: EngineService | None = None
     jobs: JobRunner | None = None
     views: JobViews | None = None
+    # upload checks (open each document in an open worker) waiting at once; the rest wait here, not in threads
+    document_checks: anyio.CapacityLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.document_checks = anyio.CapacityLimiter(max(1, self.settings.render_workers))
 
 
 def app_context(request: Request) -> AppContext:

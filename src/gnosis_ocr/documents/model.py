@@ -21,6 +21,11 @@ class DocumentLimits:
     max_total_pixels: int = 2_000_000_000
     target_pixels: int = 2_400_000  # pages are rendered to about this many pixels (~A4 at 180 dpi)
     min_long_side: int = 1024  # tiny pages are scaled up to at least this long side
+    # Where pages are opened and rendered (``documents.isolated``): in worker processes, each page bounded by
+    # address space and wall-clock time, so a runaway page costs only itself. 0 workers: in this process, unbounded.
+    render_workers: int = 4
+    render_memory_bytes: int = 2048 * 1024 * 1024
+    render_timeout: float = 60.0
 
 
 @dataclass(frozen=True)

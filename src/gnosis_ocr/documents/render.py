@@ -7,11 +7,17 @@
 Order of checks, cheapest first and always before the expensive step they guard: size in bytes, then the kind
 (sniffed from the first bytes), then opening (encrypted, broken, empty), then the page count, then per page its
 pixels (from the page size or the image header, before rendering or decoding) and the document's pixel budget.
+
+Opening and rendering run in worker processes (``documents.isolated``) under ``DocumentLimits.render_memory_bytes``
+and ``render_timeout``: a page that exhausts them is that page's ``PageError``, a document that does so on opening
+is a ``DocumentLimitError``. ``render_workers=0`` does both in this process instead, unbounded (trusted input only).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,7 +47,7 @@ class _Pages(Protocol):
 class Document:
     """An open document. Use it as a context manager, or call ``close()``; pages are rendered only when asked for.
 
-    Not safe to share between threads (PDF rendering is serialised process-wide anyway, see ``documents.pdf``).
+    Not safe to share between threads; separate documents may be used from separate threads.
     """
 
     def __init__(self, backend: _Pages, *, kind: Kind, name: str, limits: DocumentLimits) -> None:
@@ -111,8 +117,8 @@ def open_document(
 
     ``name`` names the document in messages (default: the file name, or "The upload" for bytes). Raises a
     ``DocumentError``: ``EmptyDocumentError``, ``UnsupportedDocumentError``, ``EncryptedDocumentError``,
-    ``BrokenDocumentError`` or ``DocumentLimitError`` (bytes, pages, or a single image's pixels); an ``OSError``
-    when the path cannot be read.
+    ``BrokenDocumentError`` or ``DocumentLimitError`` (bytes, pages, a single image's pixels, or opening past the
+    render limits); an ``OSError`` when the path cannot be read.
     """
     if isinstance(source, Path):
         label = name or source.name
@@ -126,7 +132,11 @@ def open_document(
         _check_bytes(size, label, limits)
         head = source[:HEAD_BYTES]
     kind = sniff(head, name=label)
-    backend = _open_backend(source, kind, label, limits)
+    backend = (
+        open_backend(source, kind, label, limits)
+        if limits.render_workers == 0
+        else _isolated(source, kind, label, limits)
+    )
     if backend.page_count > limits.max_pages:
         backend.close()
         raise DocumentLimitError(
@@ -152,7 +162,28 @@ def _human_bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def _open_backend(source: Path | bytes, kind: Kind, name: str, limits: DocumentLimits) -> _Pages:
+def _isolated(source: Path | bytes, kind: Kind, name: str, limits: DocumentLimits) -> _Pages:
+    """Open ``source`` in a worker process; bytes are spooled to a temporary file for the workers to read."""
+    from gnosis_ocr.documents.isolated import IsolatedPages, Source, open_isolated
+
+    if isinstance(source, Path):
+        path, spooled = source, False
+    else:
+        fd, spool = tempfile.mkstemp(prefix="gnosis-ocr-document-")
+        path, spooled = Path(spool), True
+        with os.fdopen(fd, "wb") as file:
+            file.write(source)
+    try:
+        located = Source.of(path, kind=kind, name=name, limits=limits)
+        return IsolatedPages(located, open_isolated(located), spooled=spooled)
+    except BaseException:
+        if spooled:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def open_backend(source: Path | bytes, kind: Kind, name: str, limits: DocumentLimits) -> _Pages:
+    """The in-process backend for ``source`` (in a render worker, or everywhere with ``render_workers=0``)."""
     # imported here: pypdfium2 alone takes ~0.1 s to import, and `import gnosis_ocr` must stay quick
     if kind == "pdf":
         from gnosis_ocr.documents.pdf import PdfPages
