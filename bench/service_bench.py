@@ -1,8 +1,19 @@
-"""Service benchmark: the server's memory while a large upload streams in, and status latency under a steady load
-while a job runs (issue 4). Medians and percentiles are printed as a table; ``--json-out`` keeps them.
+"""Service benchmark: the server's memory while a large upload streams in, status latency under a steady load
+while a job runs (issue 4), and the memory and disk a 500-page job costs (issue 14). Medians and percentiles are
+printed as a table; ``--json-out`` keeps them.
 
     .venv/bin/python -m bench.service_bench [--size-mb 500] [--rate 200] [--seconds 10] [--subscribers 50]
+                                            [--pages 500] [--only SECTION]... [--server-src DIR] [--compare DIR]
                                             [--quick] [--json-out FILE]
+
+    # the big jobs, the code of another checkout ("before") beside this one ("after"):
+    git worktree add --detach /tmp/gnosis-before bf02a14
+    .venv/bin/python -m bench.service_bench --only bigjobs --compare /tmp/gnosis-before
+
+Sections: upload, status, fanout (one server for the three), bigjobs (a fresh server per job); all by default.
+``--server-src DIR`` runs the server from DIR/src with this venv's packages; ``--compare DIR`` runs the big jobs
+with DIR ("before") and with ``--server-src`` ("after"), each repeat both in turn, and prints both medians with
+after/before.
 
 The real server runs as a child process (``python -m gnosis_ocr serve``) on 127.0.0.1 with the fake engine slowed
 to GNOSIS_FAKE_ENGINE_DELAY seconds per page, its storage and model cache in a temporary folder, and a hub address
@@ -28,6 +39,17 @@ queueing. The load runs on a new job of its own; every job is cancelled after it
 
 SSE fan-out. ``--subscribers`` clients follow /api/v1/jobs/{id}/events on a running job while the status load runs
 again; the job is then cancelled and each subscriber's pages are compared with the job's finished pages.
+
+Big jobs. A ``--pages``-page text PDF (a line of text a page) and a scan PDF of as many image-only pages (1-bit
+150 dpi images of 44 lines of text, no text layer; ~7 KB a page) are each uploaded with text_layer=auto to a fresh
+server with default settings but for the fake engine (``--big-delay`` s/page) and a TMPDIR of its own. Every text
+page is taken from its text layer, every scan page goes to the engine; all are rendered and their images stored.
+Reported per job: the server's RSS (with its worker processes) idle just before the upload, its peak from the upload
+to the job's end and the growth (goal under 512 MiB), the server process's own growth, what it keeps a second
+after the job is deleted, the time and pages/s, and the job folder's size on disk (du: page images, input, total,
+per page). After the scan job its result.zip is downloaded and read as it comes: the RSS growth meanwhile, the
+framing (Content-Length or chunked), the time to the first byte, and the peak growth of temporary files under the
+server's TMPDIR, named or held open unlinked (``tempfile.TemporaryFile`` leaves no name in the folder).
 """
 
 from __future__ import annotations
@@ -39,8 +61,10 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,14 +73,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 import psutil
 
-from bench.report import Report, print_facts_and_rows
+from bench.report import Report, fmt, print_facts_and_rows
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1000 * 1000  # sizes and rates of bytes on the wire
@@ -72,6 +99,13 @@ START_TIMEOUT = 90.0  # seconds for the server to answer /readyz with 200
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 REQUEST_TIMEOUT = 10.0  # per status request; a timeout counts as an error
 DRAIN_SECONDS = 10.0  # after the last request was due, how long the load waits for the answers
+BIG_PAGES = 500  # pages of each big job (the page limit's default, GNOSIS_MAX_PAGES)
+BIG_DELAY = 0.01  # seconds per page of the fake engine in the big jobs
+BIG_RSS_GOAL_MIB = 512.0
+JOB_TIMEOUT = 1800.0  # seconds a big job may take to finish
+POLL_SECONDS = 0.25
+SECTIONS = ("upload", "status", "fanout", "bigjobs")
+YES = "1=yes"  # the unit of a row that is a yes/no
 
 
 class BenchError(RuntimeError):
@@ -81,38 +115,55 @@ class BenchError(RuntimeError):
 # -- documents ---------------------------------------------------------------------------------------------------
 
 
+class PdfOut:
+    """A PDF written object by object to a file, with its cross-reference table at the end."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.offsets: list[int] = []
+        out.write(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+
+    def begin(self, number: int) -> None:
+        assert number == len(self.offsets) + 1
+        self.offsets.append(self.out.tell())
+        self.out.write(f"{number} 0 obj\n".encode())
+
+    def obj(self, number: int, body: bytes) -> None:
+        self.begin(number)
+        self.out.write(body + b"\nendobj\n")
+
+    def stream(self, number: int, head: str, data: bytes) -> None:
+        """A stream object: ``head`` is the dictionary's entries other than /Length."""
+        self.obj(number, f"<< {head} /Length {len(data)} >>\nstream\n".encode() + data + b"\nendstream")
+
+    def finish(self) -> int:
+        xref = self.out.tell()
+        self.out.write(f"xref\n0 {len(self.offsets) + 1}\n0000000000 65535 f \n".encode())
+        self.out.write(b"".join(f"{offset:010d} 00000 n \n".encode() for offset in self.offsets))
+        self.out.write(f"trailer\n<< /Size {len(self.offsets) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
+        return self.out.tell()
+
+
 def write_pdf(path: Path, pages: int, *, pad_bytes: int = 0) -> int:
     """A valid PDF of ``pages`` letter pages with a line of text each, plus, when ``pad_bytes`` > 0, one stream
     object of that many random bytes that no page refers to (PDFium never reads it). Written in chunks; returns the
     file's size."""
-    offsets: list[int] = []
-
     with path.open("wb") as out:
-
-        def begin(number: int) -> None:
-            assert number == len(offsets) + 1
-            offsets.append(out.tell())
-            out.write(f"{number} 0 obj\n".encode())
-
-        def obj(number: int, body: bytes) -> None:
-            begin(number)
-            out.write(body + b"\nendobj\n")
-
-        out.write(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+        pdf = PdfOut(out)
         kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(pages))
-        obj(1, b"<< /Type /Catalog /Pages 2 0 R >>")
-        obj(2, f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode())
-        obj(3, b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+        pdf.obj(1, b"<< /Type /Catalog /Pages 2 0 R >>")
+        pdf.obj(2, f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode())
+        pdf.obj(3, b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
         for i in range(pages):
-            obj(
+            pdf.obj(
                 4 + 2 * i,
                 b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
                 + f"/Contents {5 + 2 * i} 0 R >>".encode(),
             )
             text = f"BT /F1 24 Tf 72 700 Td (Service benchmark, page {i + 1} of {pages}) Tj ET".encode()
-            obj(5 + 2 * i, f"<< /Length {len(text)} >>\nstream\n".encode() + text + b"\nendstream")
+            pdf.stream(5 + 2 * i, "", text)
         if pad_bytes > 0:
-            begin(4 + 2 * pages)
+            pdf.begin(4 + 2 * pages)
             out.write(f"<< /Length {pad_bytes} >>\nstream\n".encode())
             left = pad_bytes
             while left:
@@ -120,11 +171,47 @@ def write_pdf(path: Path, pages: int, *, pad_bytes: int = 0) -> int:
                 out.write(os.urandom(n))
                 left -= n
             out.write(b"\nendstream\nendobj\n")
-        xref = out.tell()
-        out.write(f"xref\n0 {len(offsets) + 1}\n0000000000 65535 f \n".encode())
-        out.write(b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets))
-        out.write(f"trailer\n<< /Size {len(offsets) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
-        return out.tell()
+        return pdf.finish()
+
+
+SCAN_SIZE = (1275, 1650)  # a letter page scanned at 150 dpi
+
+
+def write_scan_pdf(path: Path, pages: int) -> int:
+    """A PDF of ``pages`` image-only letter pages, as a scanner makes them: each page one 1-bit 150 dpi image of
+    44 lines of text that differ from page to page (Flate, ~7 KB a page) and no text layer, so every page needs
+    the engine. Returns the file's size."""
+    import zlib
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=18)
+    width, height = SCAN_SIZE
+    with path.open("wb") as out:
+        pdf = PdfOut(out)
+        kids = " ".join(f"{3 + 3 * i} 0 R" for i in range(pages))
+        pdf.obj(1, b"<< /Type /Catalog /Pages 2 0 R >>")
+        pdf.obj(2, f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode())
+        for i in range(pages):
+            page, contents, image = 3 + 3 * i, 4 + 3 * i, 5 + 3 * i
+            pdf.obj(
+                page,
+                f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /XObject << /Im0 {image} 0 R "
+                f">> >> /Contents {contents} 0 R >>".encode(),
+            )
+            pdf.stream(contents, "", b"q 612 0 0 792 0 0 cm /Im0 Do Q")
+            scan = Image.new("1", SCAN_SIZE, 1)
+            draw = ImageDraw.Draw(scan)
+            for line in range(44):
+                words = f"Scanned page {i + 1} of {pages}, line {line + 1}: the quick brown fox jumps over the lazy dog"
+                draw.text((100, 100 + 33 * line), f"{words} {7 * line + i}", fill=0, font=font)
+            pdf.stream(
+                image,
+                f"/Type /XObject /Subtype /Image /Width {width} /Height {height} /ColorSpace /DeviceGray "
+                "/BitsPerComponent 1 /Filter /FlateDecode",
+                zlib.compress(scan.tobytes(), 6),
+            )
+        return pdf.finish()
 
 
 def padded_pdf(path: Path, size: int, pages: int = 3) -> int:
@@ -185,37 +272,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_env(tmp: Path, max_bytes: int) -> dict[str, str]:
-    """Our environment without any GNOSIS_* or model settings, plus the bench's."""
+def server_env(tmp: Path, src: Path = ROOT, **settings: str) -> dict[str, str]:
+    """Our environment without any GNOSIS_* or model settings, plus the bench's and ``settings``; the server's
+    code comes from ``src``/src (another checkout with ``--server-src``), its packages from this venv."""
     drop = ("MODEL_CACHE_PATH", "MODEL_NAME", "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PORT")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GNOSIS_") and k not in drop}
-    path = [str(ROOT / "src"), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-    return env | {
-        "PYTHONPATH": os.pathsep.join(path),
-        "GNOSIS_ENGINE": "fake",
-        "GNOSIS_FAKE_ENGINE_DELAY": str(PAGE_DELAY),
-        "GNOSIS_STORAGE": str(tmp / "storage"),
-        "MODEL_CACHE_PATH": str(tmp / "model-cache"),
-        "HF_ENDPOINT": UNREACHABLE,
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "GNOSIS_HOST": "127.0.0.1",
-        "GNOSIS_MAX_BYTES": str(max_bytes),
-        "GNOSIS_MAX_UPLOAD_BYTES": str(max_bytes),
-    }
+    path = [str(src / "src"), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    return (
+        env
+        | {
+            "PYTHONPATH": os.pathsep.join(path),
+            "GNOSIS_ENGINE": "fake",
+            "GNOSIS_FAKE_ENGINE_DELAY": str(PAGE_DELAY),
+            "GNOSIS_STORAGE": str(tmp / "storage"),
+            "MODEL_CACHE_PATH": str(tmp / "model-cache"),
+            "HF_ENDPOINT": UNREACHABLE,
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "GNOSIS_HOST": "127.0.0.1",
+        }
+        | settings
+    )
 
 
 class Server:
-    """``python -m gnosis_ocr serve`` as a child process, its output in ``log``."""
+    """``python -m gnosis_ocr serve`` as a child process with ``env``, its output in ``tmp``/server.log."""
 
-    def __init__(self, tmp: Path, max_bytes: int) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "server.log"
         self.argv = [sys.executable, "-m", "gnosis_ocr", "serve", "--port", str(self.port)]
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.argv, env=server_env(tmp, max_bytes), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(self.argv, env=env, cwd=tmp, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
     def log_tail(self, chars: int = 3000) -> str:
@@ -249,6 +337,14 @@ class Server:
 # -- memory and CPU ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RssSample:
+    at: float  # monotonic
+    total: int  # the process and its children
+    root: int  # the process alone
+    processes: int
+
+
 class RssSampler(threading.Thread):
     """Samples the RSS of a process and its children (the child list refreshed every 0.5 s) every 10 ms."""
 
@@ -257,7 +353,7 @@ class RssSampler(threading.Thread):
         self._root = psutil.Process(pid)
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
-        self._samples: list[tuple[float, int]] = []
+        self._samples: list[RssSample] = []
 
     def run(self) -> None:
         procs, listed = [self._root], 0.0
@@ -267,13 +363,15 @@ class RssSampler(threading.Thread):
                 with contextlib.suppress(psutil.Error):
                     procs = [self._root, *self._root.children(recursive=True)]
                 listed = now
-            rss = 0
+            rss, root, alive = 0, 0, 0
             for proc in procs:
                 with contextlib.suppress(psutil.Error):
-                    rss += proc.memory_info().rss
+                    size = proc.memory_info().rss
+                    rss, alive = rss + size, alive + 1
+                    root = size if proc is self._root else root
             if rss:
                 with self._lock:
-                    self._samples.append((now, rss))
+                    self._samples.append(RssSample(now, rss, root, alive))
             self._stop_event.wait(SAMPLE_SECONDS)
 
     def stop(self) -> None:
@@ -282,11 +380,20 @@ class RssSampler(threading.Thread):
 
     def latest(self) -> int:
         with self._lock:
-            return self._samples[-1][1] if self._samples else 0
+            return self._samples[-1].total if self._samples else 0
 
     def peak(self, start: float, end: float) -> int:
+        return self.peak_sample(start, end).total
+
+    def peak_sample(self, start: float, end: float) -> RssSample:
+        """The sample with the largest total between ``start`` and ``end``; the highest RSS of the process alone in
+        that time replaces its ``root``."""
         with self._lock:
-            return max((rss for t, rss in self._samples if start <= t <= end), default=0)
+            window = [s for s in self._samples if start <= s.at <= end]
+        if not window:
+            return RssSample(end, 0, 0, 0)
+        top = max(window, key=lambda s: s.total)
+        return RssSample(top.at, top.total, max(s.root for s in window), top.processes)
 
 
 def cpu_seconds(proc: psutil.Process, *, children: bool) -> float:
@@ -897,6 +1004,347 @@ def bench_fanout(b: Bench) -> None:
     measure(b, section, lambda j: f"/api/v1/jobs/{j}", subscribers=count)
 
 
+# -- 4. big jobs: memory and disk of a 500-page text PDF and a 500-page scan -------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """Where a server's code comes from (``DIR/src``); ``label`` names it in the table."""
+
+    label: str
+    path: Path
+
+
+def checkout_fact(checkout: Checkout, work: Path) -> str:
+    """The gnosis_ocr the server imports with this checkout, its commit, and whether src/ has uncommitted changes."""
+    env = server_env(work, checkout.path)
+    imported = subprocess.run(
+        [sys.executable, "-c", "import gnosis_ocr; print(gnosis_ocr.__file__)"],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    git = ["git", "-C", str(checkout.path)]
+    commit = subprocess.run([*git, "log", "-1", "--format=%h"], capture_output=True, text=True, check=False)
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=False)
+    changes = f", {len(dirty.stdout.splitlines())} files changed in src/" if dirty.stdout.strip() else ""
+    return f"{checkout.path} at {commit.stdout.strip() or '?'}{changes}; imports {imported or '?'}"
+
+
+@dataclass(frozen=True)
+class Usage:
+    files: int
+    allocated: int  # bytes on disk (st_blocks)
+    apparent: int  # bytes the files hold
+
+
+def disk_usage(folder: Path) -> Usage:
+    files = allocated = apparent = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                stat = os.lstat(os.path.join(root, name))
+                files, allocated, apparent = files + 1, allocated + stat.st_blocks * 512, apparent + stat.st_size
+    return Usage(files, allocated, apparent)
+
+
+def held_unlinked(pid: int, folder: Path) -> int:
+    """Bytes of files under ``folder`` that the process and its children hold open with no name there any more
+    (a spool made by ``tempfile.TemporaryFile``: O_TMPFILE or unlinked, invisible to a walk of the folder)."""
+    prefix, total = str(folder), 0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in (root, *root.children(recursive=True)):
+            fd_dir = f"/proc/{proc.pid}/fd"
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(fd_dir):
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(f"{fd_dir}/{fd}")
+                        if target.startswith(prefix) and target.endswith(" (deleted)"):
+                            total += os.stat(f"{fd_dir}/{fd}").st_size
+    return total
+
+
+class TempWatch(threading.Thread):
+    """The peak bytes of temporary files under ``folder`` (the server's TMPDIR), named or held open unlinked,
+    sampled every 20 ms."""
+
+    def __init__(self, folder: Path, pid: int) -> None:
+        super().__init__(name="temp-watch", daemon=True)
+        self.folder, self.pid = folder, pid
+        self.peak = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.peak = max(self.peak, disk_usage(self.folder).apparent + held_unlinked(self.pid, self.folder))
+            self._stop_event.wait(0.02)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join(timeout=5)
+        return self.peak
+
+
+@dataclass(frozen=True)
+class Download:
+    status: int
+    size: int
+    seconds: float
+    first_byte: float  # seconds from the request to the first byte of the body
+    content_length: str | None
+    transfer_encoding: str | None
+    before: int  # server RSS just before
+    peak: RssSample
+    temp_before: int
+    temp_peak: int
+    entries: int | None  # from the ZIP's end-of-central-directory record; None when there is none
+
+
+def download_zip(client: httpx.Client, server: Server, sampler: RssSampler, tmpdir: Path, job_id: str) -> Download:
+    """GET result.zip, reading it as it comes and keeping only its last 64 KiB (to find the ZIP's end record),
+    while the sampler watches the server's RSS and a TempWatch its TMPDIR."""
+    time.sleep(0.5)
+    before = sampler.latest()
+    temp_before = disk_usage(tmpdir).apparent + held_unlinked(server.pid, tmpdir)
+    watch = TempWatch(tmpdir, server.pid)
+    watch.start()
+    size, tail, first = 0, b"", None
+    started = time.monotonic()
+    try:
+        with client.stream("GET", f"/api/v1/jobs/{job_id}/result.zip", timeout=600) as response:
+            headers = response.headers
+            for chunk in response.iter_raw(CHUNK):
+                first = first or time.monotonic()
+                size += len(chunk)
+                tail = (tail + chunk)[-65536:]
+        ended = time.monotonic()
+        time.sleep(2 * SAMPLE_SECONDS)
+    finally:
+        temp_peak = watch.stop()
+    end = tail.rfind(b"PK\x05\x06")
+    return Download(
+        status=response.status_code,
+        size=size,
+        seconds=ended - started,
+        first_byte=(first or ended) - started,
+        content_length=headers.get("content-length"),
+        transfer_encoding=headers.get("transfer-encoding"),
+        before=before,
+        peak=sampler.peak_sample(started, ended),
+        temp_before=temp_before,
+        temp_peak=temp_peak,
+        entries=int.from_bytes(tail[end + 10 : end + 12], "little") if end >= 0 and len(tail) >= end + 12 else None,
+    )
+
+
+@dataclass(frozen=True)
+class BigJob:
+    state: dict[str, Any]
+    idle: int  # server RSS, fresh and idle, just before the upload
+    peak: RssSample  # upload to the job's end
+    seconds: float  # upload to the job's end
+    cores: Cores
+    images: Usage  # jobs/<id>/pages
+    inputs: Usage  # jobs/<id>/inputs
+    folder: Usage  # jobs/<id>, all of it
+    after_delete: int  # server RSS a second after the job was deleted
+    download: Download | None
+
+
+def wait_finished(client: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = job(client, job_id)
+        if state["status"] in ("done", "failed", "cancelled"):
+            return state
+        time.sleep(POLL_SECONDS)
+    raise BenchError(f"job {job_id} did not finish within {timeout:.0f} s")
+
+
+def big_job(args: argparse.Namespace, work: Path, checkout: Checkout, pdf: Path, *, zip_after: bool) -> BigJob:
+    """One job on a fresh server of ``checkout`` (default settings, the fake engine at ``--big-delay`` s/page, its
+    TMPDIR a folder of its own): the upload of ``pdf`` with text_layer=auto, run to its end, then optionally the
+    download of its result.zip, then its deletion. The server and its folder are removed after."""
+    (work / "tmp").mkdir(parents=True)
+    env = server_env(work, checkout.path, GNOSIS_FAKE_ENGINE_DELAY=f"{args.big_delay:g}", TMPDIR=str(work / "tmp"))
+    server = Server(work, env)
+    sampler: RssSampler | None = None
+    try:
+        with httpx.Client(base_url=server.url, timeout=60, trust_env=False) as client:
+            server.wait_ready(client)
+            sampler = RssSampler(server.pid)
+            sampler.start()
+            time.sleep(1.0)  # the server at rest
+            idle = sampler.latest()
+            cores: list[Cores] = []
+            started = time.monotonic()
+            with cores_used(psutil.Process(server.pid), cores):
+                job_id = submit(client, pdf, text_layer="auto")
+                state = wait_finished(client, job_id, JOB_TIMEOUT)
+            ended = time.monotonic()
+            time.sleep(2 * SAMPLE_SECONDS)
+            folder = work / "storage" / "jobs" / job_id
+            result = BigJob(
+                state=state,
+                idle=idle,
+                peak=sampler.peak_sample(started, ended),
+                seconds=ended - started,
+                cores=cores[0],
+                images=disk_usage(folder / "pages"),
+                inputs=disk_usage(folder / "inputs"),
+                folder=disk_usage(folder),
+                after_delete=0,
+                download=download_zip(client, server, sampler, work / "tmp", job_id) if zip_after else None,
+            )
+            client.delete(f"/api/v1/jobs/{job_id}").raise_for_status()
+            time.sleep(1.0)
+            if server.proc.poll() is not None:
+                raise BenchError(f"the server exited ({server.proc.returncode}):\n{server.log_tail()}")
+            return replace(result, after_delete=sampler.latest())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"server log ({checkout.label}):\n{server.log_tail()}\n")
+        raise
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def record_big_job(report: Report, section: str, run: BigJob, pages: int) -> None:
+    state = run.state
+    sources: dict[str, int] = {}
+    for page in state["pages"] or []:
+        key = page["source"] or page["status"]
+        sources[key] = sources.get(key, 0) + 1
+    taken = ", ".join(f"{v} {k}" for k, v in sorted(sources.items()))
+    growth = (run.peak.total - run.idle) / MIB
+    rows: list[tuple[str, str, float, str]] = [
+        ("server RSS, idle", "MiB", run.idle / MIB, "fresh server + children, just before the upload"),
+        (
+            "RSS peak, upload to done",
+            "MiB",
+            run.peak.total / MIB,
+            f"server + {run.peak.processes - 1} worker process(es) at the peak",
+        ),
+        ("RSS growth (peak - idle)", "MiB", growth, goal_note(growth, BIG_RSS_GOAL_MIB, "MiB")),
+        ("server process alone: growth", "MiB", (run.peak.root - run.idle) / MIB, "its worker processes left out"),
+        ("RSS kept after delete (- idle)", "MiB", (run.after_delete - run.idle) / MIB, "1 s after DELETE"),
+        ("upload to done", "s", run.seconds, f"{state['status']}; pages: {taken}"),
+        ("pages/s", "pages/s", pages / run.seconds, ""),
+        ("page images on disk", "MB", run.images.allocated / MB, f"{run.images.files} files (du)"),
+        ("page images per page", "kB", run.images.allocated / 1000 / pages, ""),
+        ("input on disk", "MB", run.inputs.allocated / MB, "the uploaded PDF"),
+        ("job folder per page", "kB", run.folder.allocated / 1000 / pages, "images + input + job.json"),
+        ("job folder total", "MB", run.folder.allocated / MB, f"{run.folder.files} files"),
+        ("server CPU", "cores", run.cores.server, "server and its children, upload to done"),
+        ("other processes, meanwhile", "cores", run.cores.others, f"of {os.cpu_count()} cores; > 0.2: contended"),
+    ]
+    if state["status"] != "done" or state["progress"]["pages_done"] != pages:
+        rows.append(("pages done", "pages", float(state["progress"]["pages_done"]), f"EXPECTED {pages} done"))
+    for name, unit, value, note in rows:
+        report.row(section, name, unit, note=note).samples.append(value)
+
+
+def record_download(report: Report, section: str, got: Download) -> None:
+    framing = f"Content-Length: {got.content_length or 'none'}; Transfer-Encoding: {got.transfer_encoding or 'none'}"
+    entries = f"{got.entries} entries" if got.entries is not None else "NO ZIP end record"
+    rows: list[tuple[str, str, float, str]] = [
+        ("ZIP size", "MB", got.size / MB, f"HTTP {got.status}, {entries}"),
+        ("download time", "s", got.seconds, "request to the last byte"),
+        ("download rate", "MB/s", got.size / MB / got.seconds if got.seconds else math.nan, ""),
+        ("first byte after", "s", got.first_byte, "request to the first byte of the body"),
+        ("server RSS before", "MiB", got.before / MIB, "just before the request"),
+        ("RSS growth during download", "MiB", (got.peak.total - got.before) / MIB, "server + children"),
+        ("temp files under TMPDIR, peak growth", "MB", (got.temp_peak - got.temp_before) / MB, "named or unlinked"),
+        ("Content-Length sent", YES, float(got.content_length is not None), framing),
+        ("chunked", YES, float((got.transfer_encoding or "").lower() == "chunked"), ""),
+    ]
+    for name, unit, value, note in rows:
+        report.row(section, name, unit, note=note).samples.append(value)
+
+
+def bench_bigjobs(args: argparse.Namespace, reports: dict[str, Report], facts: dict[str, Any], tmp: Path) -> None:
+    """Each repeat runs every checkout in turn (so a change in the machine's load hits before and after alike),
+    each job on a fresh server."""
+    pages = args.pages
+    text_pdf, scan_pdf = tmp / f"text-{pages}.pdf", tmp / f"scan-{pages}.pdf"
+    started = time.monotonic()
+    text_size, scan_size = write_pdf(text_pdf, pages), write_scan_pdf(scan_pdf, pages)
+    facts["big jobs"] = (
+        f"{pages}-page text PDF ({text_size / 1000:.0f} kB, a line of text a page) and {pages}-page scan PDF "
+        f"({scan_size / MB:.1f} MB, 1-bit 150 dpi page images, no text layer; written in "
+        f"{time.monotonic() - started:.0f} s), each uploaded with text_layer=auto to a fresh server with default "
+        f"settings, fake engine {args.big_delay:g} s/page; {args.repeats} repeat(s), checkouts interleaved"
+    )
+    checkouts = [Checkout(label, path) for label, path in args.checkouts]
+    for checkout in checkouts:
+        facts[f"server code ({checkout.label})"] = checkout_fact(checkout, tmp)
+    text = f"{pages}-page text PDF (text_layer=auto)"
+    scan = f"{pages}-page scan PDF (OCR every page)"
+    download = f"GET result.zip of the {pages}-page scan job"
+    for repeat in range(args.repeats):
+        for checkout in checkouts:
+            report = reports[checkout.label]
+            work = tmp / f"{checkout.label}-{repeat}"
+            run = big_job(args, work / "text", checkout, text_pdf, zip_after=False)
+            record_big_job(report, text, run, pages)
+            run = big_job(args, work / "scan", checkout, scan_pdf, zip_after=True)
+            record_big_job(report, scan, run, pages)
+            assert run.download is not None
+            record_download(report, download, run.download)
+            print(
+                f"repeat {repeat + 1}/{args.repeats} {checkout.label}: scan job {run.seconds:.0f} s, "
+                f"RSS growth {(run.peak.total - run.idle) / MIB:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def compare_table(before: Report, after: Report) -> Table:
+    """The rows of ``after`` beside the same rows of ``before``: medians and after/before."""
+    from rich.table import Table
+
+    table = Table()
+    for name in ("section", "measurement", "unit", "before", "after", "after/before", "n", "note"):
+        table.add_column(name, justify="right" if name in ("before", "after", "after/before", "n") else "left")
+    last = None
+    for row in after.grouped():
+        old = next((r for r in before.rows if (r.section, r.name) == (row.section, row.name)), None)
+        old_median = old.median if old is not None else None
+        ratio = f"{row.median / old_median:.2f}x" if row.median is not None and old_median and row.unit != YES else ""
+        note = row.note
+        if old is not None and old.note and old.note != row.note:
+            note = f"before: {old.note} | after: {row.note}"
+        n = f"{len(old.samples) if old is not None else 0}/{len(row.samples)}"
+        table.add_row(
+            row.section if row.section != last else "",
+            row.name,
+            row.unit,
+            fmt(old_median),
+            fmt(row.median),
+            ratio,
+            n,
+            note,
+        )
+        last = row.section
+    return table
+
+
+def print_compare(facts: dict[str, Any], before: Report, after: Report, width: int) -> None:
+    from rich.console import Console
+
+    console = Console(width=width, highlight=False)
+    console.print("[bold]gnosis-ocr service benchmark: before and after[/bold]")
+    for key, value in facts.items():
+        console.print(f"  {key}: {value}")
+    console.print(compare_table(before, after))
+
+
 # -- main --------------------------------------------------------------------------------------------------------
 
 
@@ -905,18 +1353,23 @@ def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
         (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
         platform.processor(),
     )
-    return {
+    facts: dict[str, Any] = {
         "cores": os.cpu_count(),
         "cpu": cpu,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "httpx": httpx.__version__,
-        "engine": f"fake, {PAGE_DELAY} s/page (GNOSIS_FAKE_ENGINE_DELAY)",
-        "load": f"open loop, {args.rate:g} req/s for {args.seconds:g} s per measurement, "
-        f"{args.connections} keep-alive connections (asyncio streams, HTTP/1.1)",
-        "repeats (upload)": args.repeats,
+        "sections": ", ".join(args.only),
     }
+    if set(args.only) & {"upload", "status", "fanout"}:
+        facts |= {
+            "engine": f"fake, {PAGE_DELAY} s/page (GNOSIS_FAKE_ENGINE_DELAY)",
+            "load": f"open loop, {args.rate:g} req/s for {args.seconds:g} s per measurement, "
+            f"{args.connections} keep-alive connections (asyncio streams, HTTP/1.1)",
+        }
+    facts["repeats (upload, big jobs)"] = args.repeats
+    return facts
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -925,13 +1378,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=200.0, help="status requests per second")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per load measurement (default 10)")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections of the load client")
-    parser.add_argument("--repeats", type=int, default=3, help="upload repeats (medians are quoted)")
+    parser.add_argument("--repeats", type=int, default=3, help="upload and big-job repeats (medians are quoted)")
     parser.add_argument("--subscribers", type=int, default=50, help="SSE subscribers (0 skips the section)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 MB upload, 2 s per load")
+    parser.add_argument("--pages", type=int, default=None, help=f"pages of each big job (default {BIG_PAGES})")
+    parser.add_argument(
+        "--big-delay", type=float, default=BIG_DELAY, help="seconds per page of the fake engine in the big jobs"
+    )
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, default=None, help="run only this section (repeatable)"
+    )
+    parser.add_argument(
+        "--server-src", type=Path, default=ROOT, help="run the server from this checkout (DIR/src), same venv"
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="big jobs only: run them with the server from DIR ('before') and from --server-src ('after'), "
+        "interleaved, and print both with after/before",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 MB upload, 2 s per load, 50 pages")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the numbers here as JSON")
     args = parser.parse_args(argv)
     args.size_mb = args.size_mb if args.size_mb is not None else 20 if args.quick else 500
     args.seconds = args.seconds if args.seconds is not None else 2.0 if args.quick else 10.0
+    args.pages = args.pages if args.pages is not None else 50 if args.quick else BIG_PAGES
+    if args.compare is not None and args.only not in (None, ["bigjobs"]):
+        parser.error("--compare runs the bigjobs section only")
+    args.only = args.only or (["bigjobs"] if args.compare is not None else list(SECTIONS))
+    if args.subscribers == 0 and "fanout" in args.only:
+        args.only.remove("fanout")
+    for path in (args.server_src, *([args.compare] if args.compare is not None else [])):
+        if not (path / "src" / "gnosis_ocr").is_dir():
+            parser.error(f"{path} has no src/gnosis_ocr")
+    args.server_src, args.compare = args.server_src.resolve(), args.compare and args.compare.resolve()
+    args.checkouts = (
+        [("before", args.compare), ("after", args.server_src)] if args.compare else [("server", args.server_src)]
+    )
     if (
         args.size_mb < 1
         or args.rate <= 0
@@ -939,25 +1423,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         or args.repeats < 1
         or args.subscribers < 0
         or args.connections < 1
+        or args.pages < 1
+        or args.big_delay < 0
     ):
-        parser.error("--size-mb, --rate, --seconds, --repeats, --connections must be positive, --subscribers >= 0")
+        parser.error(
+            "--size-mb, --rate, --seconds, --repeats, --connections, --pages must be positive, "
+            "--subscribers and --big-delay >= 0"
+        )
     return args
 
 
 def verdict(report: Report) -> str:
     parts = []
     for row in report.rows:
-        if row.name in ("RSS growth (peak - before)", "latency p99") and row.median is not None:
-            parts.append(f"{row.section.split(',')[0]}: {row.name} {row.median:.1f} ({row.note.split(';')[0]})")
+        if row.name in ("RSS growth (peak - before)", "RSS growth (peak - idle)", "latency p99") and row.median:
+            section = re.split(r"[,(]", row.section)[0].strip()
+            parts.append(f"{section}: {row.name} {row.median:.1f} ({row.note.split(';')[0]})")
     return "; ".join(parts)
 
 
 def run_all(args: argparse.Namespace, report: Report, tmp: Path, stack: contextlib.ExitStack) -> None:
+    """The upload, status and fan-out sections, on one server."""
     # long enough to run through the load even at full speed (the fake engine's delay per page)
     job_pages = max(MIN_JOB_PAGES, math.ceil((args.seconds + 2) / PAGE_DELAY))
     job_pdf = tmp / "job.pdf"
     write_pdf(job_pdf, job_pages)
-    server = Server(tmp, max_bytes=args.size_mb * MB + 100 * MB)
+    max_bytes = str(args.size_mb * MB + 100 * MB)
+    env = server_env(tmp, args.server_src, GNOSIS_MAX_BYTES=max_bytes, GNOSIS_MAX_UPLOAD_BYTES=max_bytes)
+    server = Server(tmp, env)
     stack.callback(server.stop)
     report.facts["server"] = " ".join(["python", *server.argv[1:]]) + f" (pid {server.pid})"
     client = stack.enter_context(httpx.Client(base_url=server.url, timeout=60, trust_env=False))
@@ -970,9 +1463,11 @@ def run_all(args: argparse.Namespace, report: Report, tmp: Path, stack: contextl
         "rest and the service time, a new one for the load; each cancelled after"
     )
     b = Bench(args, tmp, server, client, sampler, report, job_pdf, job_pages)
-    bench_upload(b)
-    bench_status(b)
-    if args.subscribers:
+    if "upload" in args.only:
+        bench_upload(b)
+    if "status" in args.only:
+        bench_status(b)
+    if "fanout" in args.only:
         bench_fanout(b)
     if server.proc.poll() is not None:
         raise BenchError(f"the server exited ({server.proc.returncode}):\n{server.log_tail()}")
@@ -982,20 +1477,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM (a CI timeout, `kill`) unwinds like an error, so the server and temp files go away too
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    report = Report(facts=machine_facts(args))
+    facts = machine_facts(args)
+    facts["command"] = " ".join(["python -m bench.service_bench", *(argv if argv is not None else sys.argv[1:])])
+    reports = {label: Report(facts=facts) for label, _ in args.checkouts}
     started = time.monotonic()
     try:
         with contextlib.ExitStack() as stack:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gnosis-service-bench-")))
-            run_all(args, report, tmp, stack)
+            if set(args.only) & {"upload", "status", "fanout"}:
+                (tmp / "service").mkdir()
+                run_all(args, reports["server"], tmp / "service", stack)
+            if "bigjobs" in args.only:
+                bench_bigjobs(args, reports, facts, tmp)
     finally:
-        report.facts["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        report.facts["bench client peak RSS"] = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-        report.facts["bench seconds"] = round(time.monotonic() - started, 1)
-        report.facts["verdict"] = verdict(report)
-        print_facts_and_rows(report, "gnosis-ocr service benchmark", width=180)
-        if args.json_out is not None:
-            report.write_json(args.json_out)
+        facts["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        facts["bench client peak RSS"] = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+        facts["bench seconds"] = round(time.monotonic() - started, 1)
+        if args.compare is not None:
+            before, after = reports["before"], reports["after"]
+            facts["verdict"] = f"before: {verdict(before)} | after: {verdict(after)}"
+            print_compare(facts, before, after, width=200)
+            if args.json_out is not None:
+                both = {"facts": facts, "before": before.to_json()["rows"], "after": after.to_json()["rows"]}
+                args.json_out.parent.mkdir(parents=True, exist_ok=True)
+                args.json_out.write_text(json.dumps(both, indent=2, default=str) + "\n")
+        else:
+            report = reports["server"]
+            facts["verdict"] = verdict(report)
+            print_facts_and_rows(report, "gnosis-ocr service benchmark", width=180)
+            if args.json_out is not None:
+                report.write_json(args.json_out)
     return 0
 
 

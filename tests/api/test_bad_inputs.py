@@ -593,7 +593,7 @@ def test_afterwards_nothing_is_left_over_and_jobs_still_run(server: Server) -> N
         assert (
             rest == ("job.json",)
             or (len(rest) == 2 and rest[0] == "inputs" and rest[1].isdigit())
-            or (len(rest) == 2 and rest[0] == "pages" and rest[1].removesuffix(".png").isdigit())
+            or (len(rest) == 2 and rest[0] == "pages" and rest[1].removesuffix(".webp").isdigit())
         ), path
     assert _files_outside(server.root, server.storage) == server.files_at_start
     assert not any("passwd" in p.name or p.name.endswith(".upload") for p in server.root.rglob("*"))

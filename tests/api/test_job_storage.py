@@ -50,9 +50,9 @@ def test_a_job_lives_in_the_store_and_delete_removes_it(
 
     prefix = f"{store.root}/jobs/{job['id']}"
     names = sorted(p.removeprefix(prefix + "/") for p in fs.find(prefix))
-    assert names == ["inputs/0", "job.json", "pages/1.png", "pages/2.png"]
+    assert names == ["inputs/0", "job.json", "pages/1.webp", "pages/2.webp"]
     archive = zipfile.ZipFile(io.BytesIO(app.client.get(f"/api/v1/jobs/{job['id']}/result.zip").content))
-    assert {"images/1.png", "images/2.png", "two.md", "result.json"} == set(archive.namelist())
+    assert {"images/1.webp", "images/2.webp", "two.md", "result.json"} == set(archive.namelist())
 
     assert app.client.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
     fs.invalidate_cache()

@@ -69,12 +69,15 @@ def test_upload_events_and_every_result_format(cache_root: Path, tmp_path: Path,
     page = app.client.get(f"/api/v1/jobs/{job['id']}/pages/2").json()
     assert page["page"] == 2 and "<h1>Page 2</h1>" in page["html"]
     image = app.client.get(page["image_url"])
-    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
-    with Image.open(io.BytesIO(image.content)) as img:
-        assert img.size == (page["width"], page["height"])
+    assert image.status_code == 200 and image.headers["content-type"] == "image/webp"
+    with Image.open(io.BytesIO(image.content)) as img:  # scaled for display, the page's shape kept
+        assert img.width * img.height <= 2_000_000 and img.width <= page["width"]
+        assert abs(img.width / img.height - page["width"] / page["height"]) < 0.01
 
-    archive = zipfile.ZipFile(io.BytesIO(app.client.get(f"/api/v1/jobs/{job['id']}/result.zip").content))
-    assert sorted(archive.namelist()) == ["images/1.png", "images/2.png", "images/3.png", "letter.md", "result.json"]
+    zipped = app.client.get(f"/api/v1/jobs/{job['id']}/result.zip")
+    assert zipped.headers.get("transfer-encoding") == "chunked"  # made as it is sent, never spooled whole
+    archive = zipfile.ZipFile(io.BytesIO(zipped.content))
+    assert sorted(archive.namelist()) == ["images/1.webp", "images/2.webp", "images/3.webp", "letter.md", "result.json"]
     assert archive.read("letter.md").decode() == md.text
 
     assert app.metric("gnosis_pages_total", status="done", source="ocr") == 3

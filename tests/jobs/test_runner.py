@@ -163,3 +163,21 @@ def test_shutdown_hands_back_the_page_in_flight_and_the_next_start_reads_it(tmp_
         assert all(p.status == "done" for p in again.snapshot(record.id).pages)
     finally:
         again.close()
+
+
+def test_start_removes_what_killed_uploads_left(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "storage"))
+    left = store.staging_root / "upload-killed"
+    left.mkdir()
+    (left / "part-0").write_bytes(b"x" * 1000)
+    kept = _job(store, tmp_path, 1)
+    store.save(kept)
+    orphan = _job(store, tmp_path, 1)  # its input stored, then the upload died before job.json
+    runner = _runner(tmp_path, FakeEngine())
+    try:
+        assert not left.exists()
+        assert store.job_ids() == [kept.id]
+        assert orphan.id not in store.job_ids()
+        _wait(lambda: runner.snapshot(kept.id).status == "done")
+    finally:
+        runner.close()

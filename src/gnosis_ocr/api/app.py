@@ -19,6 +19,7 @@ from gnosis_ocr import __version__
 from gnosis_ocr.api.auth import key_digests
 from gnosis_ocr.api.deps import AppContext
 from gnosis_ocr.api.engine_service import EngineService, Factory
+from gnosis_ocr.api.guards import CloseUnreadBody, SiteGuard
 from gnosis_ocr.api.handlers import install_error_handlers
 from gnosis_ocr.api.job_views import JobViews
 from gnosis_ocr.api.metrics import HttpMetrics, MetricsMiddleware
@@ -124,6 +125,8 @@ def create_app(
     )
     app.state.gnosis = ctx
     install_error_handlers(app)
+    app.add_middleware(SiteGuard, allowed_origins=settings.allowed_origins, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(CloseUnreadBody)  # outside every refusal, so each one closes a connection with an unread body
     app.add_middleware(MetricsMiddleware, metrics=ctx.http_metrics)  # outermost: sees every final status
     app.include_router(health.probes)
     app.include_router(health.metrics)

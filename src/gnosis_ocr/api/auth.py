@@ -16,6 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from gnosis_ocr.api.deps import Context
 from gnosis_ocr.api.errors import UnauthorizedError
+from gnosis_ocr.errors import ConfigError
 
 _bearer = HTTPBearer(auto_error=False, description="GNOSIS_API_KEY as a bearer token.")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="GNOSIS_API_KEY in a header.")
@@ -26,8 +27,16 @@ def key_digest(key: str) -> bytes:
 
 
 def key_digests(value: str | None) -> tuple[bytes, ...]:
-    """The digests of every key in a GNOSIS_API_KEY value (comma-separated; blanks ignored)."""
-    return tuple(key_digest(k.strip()) for k in (value or "").split(",") if k.strip())
+    """The digests of every key in a GNOSIS_API_KEY value (comma-separated; blanks ignored).
+
+    A value that is set but holds no key (``,`` or `` , ``) is a ``ConfigError``: it must not turn the key off."""
+    digests = tuple(key_digest(k.strip()) for k in (value or "").split(",") if k.strip())
+    if value and value.strip() and not digests:
+        raise ConfigError(
+            f"GNOSIS_API_KEY is set but holds no key: it has only commas and spaces ({len(value)} characters).",
+            hint="Set it to a key, or several separated by commas; leave it empty or unset to serve without a key.",
+        )
+    return digests
 
 
 def require_api_key(

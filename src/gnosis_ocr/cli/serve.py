@@ -41,6 +41,8 @@ def serve(
     Jobs are kept in GNOSIS_STORAGE (a local folder by default; gs:// or s3:// to share them between instances)
     and deleted GNOSIS_JOB_TTL_SECONDS after they finish; a job a restart interrupted resumes on the next start.
     With GNOSIS_API_KEY set, every route but the health probes, the UI's files and the docs needs the key.
+    State-changing requests from another site's page get 403 (GNOSIS_ALLOWED_ORIGINS names the exceptions); slow or
+    oversized request heads and idle connections are closed (GNOSIS_HTTP_* bound them; docs/OPERATIONS.md).
     SIGINT or SIGTERM stops it gracefully: the running job stops at its next page and resumes on the next start.
     """
     overrides: dict[str, Any] = {}
@@ -59,11 +61,21 @@ def serve(
     import uvicorn
 
     from gnosis_ocr.api import create_app
+    from gnosis_ocr.api.protocol import BoundedHttpToolsProtocol
 
+    # slow and oversized clients: a bounded head (time, bytes), idle keep-alive and open connections
+    protocol = BoundedHttpToolsProtocol.configured(
+        header_timeout=settings.http_header_timeout,
+        max_header_bytes=settings.http_max_header_bytes,
+        max_connections=settings.http_max_connections,
+    )
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=protocol,
+        timeout_keep_alive=settings.http_keepalive_timeout,
+        h11_max_incomplete_event_size=settings.http_max_header_bytes,  # the same bound should h11 ever be used
         log_config=None,  # our handler and format (set by the CLI); uvicorn's loggers propagate to it
         log_level=level.lower(),
         lifespan="on",

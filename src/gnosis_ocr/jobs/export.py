@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import re
 import unicodedata
 import zipfile
-from typing import IO
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from gnosis_ocr.jobs.record import DocumentEntry, JobRecord, PageEntry
 from gnosis_ocr.jobs.store import JobStore
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 
 def _comment_safe(text: str) -> str:
@@ -61,15 +66,41 @@ def document_stems(record: JobRecord) -> list[str]:
     return stems
 
 
-def write_zip(record: JobRecord, store: JobStore, out: IO[bytes], result_json: bytes) -> None:
-    """``<document>.md`` per document, ``result.json``, ``images/<n>.png`` for every stored page image."""
+def iter_zip(record: JobRecord, store: JobStore, result_json: bytes) -> Iterator[bytes]:
+    """The ZIP of a job, made as it is sent: ``<document>.md`` per document, ``result.json``, ``images/<n>.<ext>``
+    for every stored page image. Memory holds one entry at a time, never the archive; nothing is spooled to disk."""
+    out = _Chunks()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         for doc, stem in zip(record.documents, document_stems(record), strict=True):
             archive.writestr(f"{stem}.md", document_markdown(record, doc))
         archive.writestr("result.json", result_json)
+        yield out.take()
         for page in record.pages:
-            if not page.image:
+            image = store.image(record.id, page.n) if page.image else None
+            if image is None:
                 continue
-            png = store.image(record.id, page.n)
-            if png is not None:
-                archive.writestr(zipfile.ZipInfo(f"images/{page.n}.png"), png, compress_type=zipfile.ZIP_STORED)
+            data, media_type = image
+            name = f"images/{page.n}.{media_type.removeprefix('image/')}"
+            archive.writestr(zipfile.ZipInfo(name), data, compress_type=zipfile.ZIP_STORED)
+            yield out.take()
+    yield out.take()  # the central directory
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only, unseekable file collecting what ZipFile writes until ``take`` hands it on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        return len(chunk)
+
+    def take(self) -> bytes:
+        data, self._parts = b"".join(self._parts), []
+        return data

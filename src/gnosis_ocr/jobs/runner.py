@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import secrets
 import threading
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from gnosis_ocr.documents.model import DocumentLimits, Page
+from gnosis_ocr.documents.model import DocumentLimits
 from gnosis_ocr.documents.render import open_document
 from gnosis_ocr.engines.base import Engine, StreamingEngine
 from gnosis_ocr.engines.feeder import streaming
@@ -49,8 +48,8 @@ from gnosis_ocr.errors import (
 from gnosis_ocr.jobs.metrics import JobMetrics
 from gnosis_ocr.jobs.persist import JobWriter
 from gnosis_ocr.jobs.reading import ReadPolicy, Stop, StopReason, read_pages
-from gnosis_ocr.jobs.record import DocumentEntry, EngineUsed, ErrorInfo, JobRecord, JobStatus, PageEntry, utcnow
-from gnosis_ocr.jobs.results import PageResult
+from gnosis_ocr.jobs.record import DocumentEntry, EngineUsed, ErrorInfo, JobRecord, JobStatus, utcnow
+from gnosis_ocr.jobs.sink import JobSink
 from gnosis_ocr.jobs.slots import FairSlots
 from gnosis_ocr.jobs.state import JobTable
 from gnosis_ocr.jobs.store import JobStore
@@ -58,6 +57,7 @@ from gnosis_ocr.jobs.store import JobStore
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+STAGING_KEPT = 3600.0  # seconds a failed upload's staging or job folder stays before a sweep removes it
 FALLBACK_ENGINE = "tesseract"
 
 
@@ -120,6 +120,7 @@ class JobRunner:
         self._lanes_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._orphans: dict[str, float] = {}  # job folders without job.json -> when first seen (monotonic)
 
     def __repr__(self) -> str:
         return f"JobRunner({self.store!r}, instance={self.instance!r})"
@@ -131,6 +132,7 @@ class JobRunner:
         self.store.heartbeat(self.instance)
         self.writer.start()
         self.recover()
+        self.sweep(starting=True)
         for name, target in (("gnosis-job-admission", self._admit), ("gnosis-job-housekeeping", self._housekeeping)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -368,21 +370,37 @@ class JobRunner:
             except Exception:  # housekeeping must never die; the next round retries
                 logger.exception("job housekeeping failed; retrying in %.0f s", beat)
 
-    def sweep(self, now: datetime | None = None) -> int:
-        """Delete jobs finished more than the retention time ago; the number deleted."""
+    def sweep(self, now: datetime | None = None, *, starting: bool = False) -> int:
+        """Delete jobs finished more than the retention time ago, and what failed uploads left: staging folders
+        and job folders that never got a job.json (seen without one for ``STAGING_KEPT`` seconds; at once on
+        start-up with local storage, where no other process uploads). The number of jobs deleted."""
         cutoff = (now or utcnow()) - timedelta(seconds=self.options.ttl_seconds)
+        local_start = starting and self.store.local
+        staged = self.store.clean_staging(0.0 if local_start else STAGING_KEPT)
+        if staged:
+            logger.info("removed %d staging folder(s) of uploads that never finished", staged)
         deleted = 0
+        orphans: dict[str, float] = {}
         for job_id in self.store.job_ids():
             with self._lock:
                 if job_id in self.table.live:
                     continue
             record = self.store.load(job_id)
-            if record is None or not record.finished or record.finished_at is None or record.finished_at > cutoff:
+            if record is None:
+                seen = self._orphans.get(job_id, time.monotonic())
+                if local_start or time.monotonic() - seen >= STAGING_KEPT:  # an upload that failed before its job
+                    self.writer.delete(job_id)
+                    logger.info("job folder %s had no job.json (an upload that failed); removed", job_id)
+                else:
+                    orphans[job_id] = seen
+                continue
+            if not record.finished or record.finished_at is None or record.finished_at > cutoff:
                 continue
             with self._lock:
                 self.table.finished.pop(job_id, None)
             self.writer.delete(job_id)
             deleted += 1
+        self._orphans = orphans
         if deleted:
             logger.info("deleted %d job(s) finished more than %.0f s ago", deleted, self.options.ttl_seconds)
         return deleted
@@ -580,7 +598,7 @@ class JobRunner:
         with self.table.changing(record.id):
             doc.status = "processing"
         self.writer.mark(record.id)
-        sink = _JobSink(self, record, entries, lane.stream.info.name)
+        sink = JobSink(self, record, entries, lane.stream.info.name)
         policy = ReadPolicy(
             text_layer=record.options.text_layer,
             loop_guard=self.options.loop_guard,
@@ -590,7 +608,7 @@ class JobRunner:
         try:
             with (
                 self.store.input_file(record.id, doc.index) as path,
-                open_document(path, limits=self.options.limits) as document,
+                open_document(path, limits=self.options.limits, name=doc.name) as document,
             ):
                 read_pages(
                     document.pages(pending),
@@ -640,51 +658,3 @@ def _requeued(record: JobRecord) -> None:
     for doc in record.documents:
         if doc.status == "processing":
             doc.status = "queued"
-
-
-class _JobSink:
-    """Where a job's pages land: images stored as pages render, results the moment each page finishes."""
-
-    def __init__(self, runner: JobRunner, record: JobRecord, entries: dict[int, PageEntry], engine: str) -> None:
-        self._runner = runner
-        self._record = record
-        self._entries = entries
-        self._engine = engine
-
-    def rendered(self, page: Page) -> None:
-        entry = self._entries.get(page.number)
-        if entry is None:
-            return
-        buffer = io.BytesIO()
-        page.image.save(buffer, format="PNG", compress_level=1)
-        try:
-            self._runner.store.put_image(self._record.id, entry.n, buffer.getvalue())
-        except Exception as exc:  # a missing image must not fail the page
-            logger.warning("job %s page %d: image not stored: %s", self._record.id, entry.n, exc)
-            return
-        with self._runner.table.changing(self._record.id):
-            entry.image = True
-
-    def done(self, page: PageResult) -> None:
-        entry = self._entries.get(page.number)
-        if entry is None:
-            return
-        with self._runner.table.changing(self._record.id):
-            entry.status = "done" if page.ok else "failed"
-            entry.markdown = page.markdown
-            entry.source = page.source
-            entry.seconds = round(page.seconds, 3)
-            entry.error = page.error
-            entry.width, entry.height = page.width, page.height
-            entry.meta = dict(page.meta) or None
-        metrics = self._runner.metrics
-        fallback = page.meta.get("fallback")
-        metrics.pages.labels(status=entry.status, source=f"fallback-{fallback}" if fallback else page.source).inc()
-        loops = page.meta.get("loops")
-        if isinstance(loops, list):
-            metrics.page_retries.inc(min(len(loops), self._runner.options.loop_retries))
-        if fallback:
-            metrics.page_fallbacks.labels(to=str(fallback)).inc()
-        if page.source == "ocr" and not fallback:
-            metrics.page_seconds.labels(engine=self._engine).observe(page.seconds)
-        self._runner.writer.mark(self._record.id)

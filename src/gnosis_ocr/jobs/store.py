@@ -4,7 +4,7 @@ Layout under the storage root::
 
     jobs/<id>/job.json          the JobRecord (written whole: temp + rename locally, one PUT on a bucket)
     jobs/<id>/inputs/<index>    the uploaded bytes; the original name lives only inside job.json
-    jobs/<id>/pages/<n>.png     page images as the engine saw them
+    jobs/<id>/pages/<n>.webp    page images for display (WebP, at most ``IMAGE_PIXELS``)
     instances/<instance>.json   each running instance's heartbeat (shared storage takes over silent ones)
 
 Every path is built from a validated job id and integers, never from a name a user sent.
@@ -50,6 +50,9 @@ from gnosis_ocr.jobs.record import JobRecord, valid_job_id
 from gnosis_ocr.modelcache.fsutil import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
+
+IMAGE_EXT, IMAGE_TYPE = "webp", "image/webp"
+IMAGE_PIXELS = 2_000_000  # page images are kept for display at most this size (the OCR saw the full render)
 
 ABSENT: Final = "absent"
 """``save(record, expect=ABSENT)``: create only, fail if the job already has a ``job.json``."""
@@ -109,8 +112,8 @@ class JobStore:
     def _record_path(self, job_id: str) -> str:
         return f"{self._job_dir(job_id)}/job.json"
 
-    def _image_path(self, job_id: str, n: int) -> str:
-        return f"{self._job_dir(job_id)}/pages/{int(n)}.png"
+    def _image_path(self, job_id: str, n: int, ext: str = IMAGE_EXT) -> str:
+        return f"{self._job_dir(job_id)}/pages/{int(n)}.{ext}"
 
     # -- low level ---------------------------------------------------------------------------------------
 
@@ -137,6 +140,20 @@ class JobStore:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+    def clean_staging(self, older_than: float) -> int:
+        """Remove staging folders untouched for ``older_than`` seconds (uploads a killed process left); the number
+        removed."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for folder in self.staging_root.glob("upload-*"):
+            try:
+                if folder.stat().st_mtime <= cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     # -- jobs --------------------------------------------------------------------------------------------
 
@@ -371,11 +388,19 @@ class JobStore:
 
     # -- page images -------------------------------------------------------------------------------------
 
-    def put_image(self, job_id: str, n: int, png: bytes) -> None:
-        self._write(self._image_path(job_id, n), png)
+    def put_image(self, job_id: str, n: int, data: bytes) -> None:
+        """A page image encoded as ``IMAGE_TYPE``."""
+        self._write(self._image_path(job_id, n), data)
 
-    def image(self, job_id: str, n: int) -> bytes | None:
-        return self._read(self._image_path(job_id, n)) if valid_job_id(job_id) else None
+    def image(self, job_id: str, n: int) -> tuple[bytes, str] | None:
+        """(bytes, media type) of a page image; PNG for jobs stored before images became WebP."""
+        if not valid_job_id(job_id):
+            return None
+        data = self._read(self._image_path(job_id, n))
+        if data is not None:
+            return data, IMAGE_TYPE
+        older = self._read(self._image_path(job_id, n, "png"))
+        return (older, "image/png") if older is not None else None
 
     # -- instances ---------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import asyncio
 import errno
 import html
 import json
-import tempfile
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -27,7 +27,7 @@ from gnosis_ocr.documents.model import DocumentLimits
 from gnosis_ocr.documents.pages import parse_page_selection
 from gnosis_ocr.documents.render import open_document
 from gnosis_ocr.errors import ConfigError, JobNotFoundError
-from gnosis_ocr.jobs.export import ascii_filename, document_stems, job_markdown, write_zip
+from gnosis_ocr.jobs.export import ascii_filename, document_stems, iter_zip, job_markdown
 from gnosis_ocr.jobs.record import DocumentEntry, JobOptions, JobRecord, PageEntry, new_job_id, valid_job_id
 from gnosis_ocr.jobs.store import JobStore
 
@@ -117,7 +117,9 @@ async def create_job(request: Request, ctx: Context, runner: Jobs) -> JobOut:
         with runner.store.staging() as staging:
             upload = await receive_upload(request, staging, limits)
             options = _options(upload, ctx)
-            record = await anyio.to_thread.run_sync(_new_record, upload, options, settings.limits())
+            record = await anyio.to_thread.run_sync(
+                _new_record, upload, options, settings.limits(), limiter=ctx.document_checks
+            )
             await anyio.to_thread.run_sync(_store_inputs, runner.store, record, upload)
         submitted = runner.submit(record)
     except BaseException as exc:
@@ -274,12 +276,23 @@ async def job_events(job_id: JobId, runner: Jobs, views: Views) -> StreamingResp
 
 
 def _disposition(name: str) -> str:
-    return f"attachment; filename=\"{ascii_filename(name, 'result')}\"; filename*=UTF-8''{quote(name)}"
+    """RFC 6266: the name in full as UTF-8 in ``filename*`` (RFC 5987), and an ASCII ``filename`` for old clients."""
+    stem, _, ext = name.rpartition(".")
+    fallback = f"{ascii_filename(stem, 'result')}.{ascii_filename(ext, 'bin')}"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+_NOT_IN_FILE_NAMES = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]+')  # control characters and what Windows refuses
 
 
 def _result_name(record: JobRecord, ext: str) -> str:
+    """The document's own name (Unicode kept: ``报告📄.png`` gives ``报告📄.md``) for a one-document job."""
     stems = document_stems(record)
-    return f"{stems[0]}.{ext}" if len(stems) == 1 else f"gnosis-{record.id}.{ext}"
+    if len(stems) != 1:
+        return f"gnosis-{record.id}.{ext}"
+    name = record.documents[0].name  # safe_display_name made it: one path component, printable
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{_NOT_IN_FILE_NAMES.sub('_', stem).strip(' ._') or stems[0]}.{ext}"
 
 
 @router.get(
@@ -309,30 +322,12 @@ async def result_json(job_id: JobId, views: Views, response: Response) -> JobOut
     responses={**_JOB_RESPONSES, 200: {"content": {"application/zip": {}}}},
 )
 async def result_zip(job_id: JobId, runner: Jobs, views: Views) -> StreamingResponse:
+    """Made as it is sent (chunked): one page image in memory at a time, nothing spooled to disk."""
     record = await _snapshot(views, job_id)
-    spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)  # noqa: SIM115 - closed by the stream
     body = job_out(record).model_dump_json(indent=2).encode()
-    try:
-        await anyio.to_thread.run_sync(write_zip, record, runner.store, spool, body)
-        size = spool.tell()
-        spool.seek(0)
-    except BaseException:
-        spool.close()
-        raise
-
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            while chunk := await anyio.to_thread.run_sync(spool.read, 1024 * 1024):
-                yield chunk
-        finally:
-            spool.close()
-
-    headers = {
-        "X-Job-Status": record.status,
-        "Content-Disposition": _disposition(_result_name(record, "zip")),
-        "Content-Length": str(size),
-    }
-    return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
+    headers = {"X-Job-Status": record.status, "Content-Disposition": _disposition(_result_name(record, "zip"))}
+    # a plain iterator: Starlette runs it in a worker thread, so the store's reads never block the event loop
+    return StreamingResponse(iter_zip(record, runner.store, body), media_type="application/zip", headers=headers)
 
 
 def _page(record: JobRecord, n: int) -> PageEntry:
@@ -369,17 +364,19 @@ async def get_page(job_id: JobId, n: PageNumber, views: Views) -> PageOut:
     "/{job_id}/pages/{n}/image",
     summary="The page image the engine saw",
     response_class=Response,
-    responses={**_JOB_RESPONSES, 200: {"content": {"image/png": {}}}},
+    responses={**_JOB_RESPONSES, 200: {"content": {"image/webp": {}}}},
 )
 async def get_page_image(job_id: JobId, n: PageNumber, runner: Jobs, views: Views) -> Response:
+    """The page as rendered, scaled for display (WebP, at most 2 MP; the engine read the full render)."""
     record = await _snapshot(views, job_id)
     page = _page(record, n)
-    png = await anyio.to_thread.run_sync(runner.store.image, job_id, n) if page.image else None
-    if png is None:
+    image = await anyio.to_thread.run_sync(runner.store.image, job_id, n) if page.image else None
+    if image is None:
         raise JobNotFoundError(
             f"Page {n} of job {job_id} has no image yet.", hint="Images appear as pages render; retry shortly."
         )
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    data, media_type = image
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
 # -- change ------------------------------------------------------------------------------------------------
