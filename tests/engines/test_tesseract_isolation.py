@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gnosis_ocr.engines.isolation import Crashed, Done, Failed, IsolatedPool, Lost, TimedOut, describe_exit
 from gnosis_ocr.errors import EngineError
+from gnosis_ocr.isolation import Crashed, Done, Failed, IsolatedPool, Lost, TimedOut, describe_exit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -202,7 +202,7 @@ def test_works_from_a_script_without_a_main_guard(tmp_path: Path) -> None:
     # multiprocessing's spawn would re-run this script in each worker and fail; our workers never import __main__.
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "from gnosis_ocr.engines.isolation import IsolatedPool\n"
+        "from gnosis_ocr.isolation import IsolatedPool\n"
         "from tests.engines.test_tesseract_isolation import _handler\n"
         "pool = IsolatedPool(_handler, workers=2, timeout=30.0)\n"
         "print([o.value for o in pool.run(['a', 'b', 'c'])])\n"

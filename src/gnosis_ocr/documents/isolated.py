@@ -1,7 +1,7 @@
 """Open and render documents in worker processes, so that a runaway page costs only itself.
 
 A 4 KB PDF can make PDFium allocate without bound, and a hostile TIFF can keep Pillow busy for minutes. So the
-native decoders run in worker processes (``engines.isolation.IsolatedPool``: fresh interpreters, one task each at
+native decoders run in worker processes (``gnosis_ocr.isolation.IsolatedPool``: fresh interpreters, one task each at
 a time, a dead or late worker is that one task's outcome and is replaced), each worker under an address-space limit
 (``RLIMIT_AS``, ``DocumentLimits.render_memory_bytes``) and each task under a wall-clock limit
 (``render_timeout``). A page whose worker dies or runs late becomes that page's ``PageError``; the server process
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 from gnosis_ocr.documents.model import DocumentLimits, Kind, Page
-from gnosis_ocr.engines.isolation import Crashed, Done, Failed, IsolatedPool, Lost, Outcome, TimedOut
 from gnosis_ocr.errors import (
     BrokenDocumentError,
     ConfigError,
@@ -42,6 +41,7 @@ from gnosis_ocr.errors import (
     GnosisError,
     UnsupportedDocumentError,
 )
+from gnosis_ocr.isolation import Crashed, Done, Failed, IsolatedPool, Lost, Outcome, TimedOut
 
 if TYPE_CHECKING:
     from gnosis_ocr.documents.render import _Pages

@@ -30,9 +30,9 @@ from typing import overload
 
 from gnosis_ocr.documents.model import Page
 from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText
-from gnosis_ocr.engines.isolation import Crashed, Done, Failed, IsolatedPool, Lost, Outcome, TimedOut
 from gnosis_ocr.engines.tesseract_worker import PageReading, PageTask, WorkerConfig, start_worker
 from gnosis_ocr.errors import ConfigError, EngineError, EngineUnavailableError
+from gnosis_ocr.isolation import Crashed, Done, Failed, IsolatedPool, Lost, Outcome, TimedOut
 
 logger = logging.getLogger(__name__)
 

@@ -110,7 +110,7 @@ _BOOTSTRAP = (
     "from multiprocessing.connection import Connection\n"
     "conn = Connection(int(sys.argv[1]))\n"
     "sys.path[:] = conn.recv()\n"
-    "from gnosis_ocr.engines.isolation import serve\n"
+    "from gnosis_ocr.isolation import serve\n"
     "serve(conn)\n"
 )
 
