@@ -258,3 +258,19 @@ def test_a_job_fails_with_the_reason_when_the_model_cannot_come(
     final = wait_finished(app.client, job["id"], timeout=30)  # never stuck in "processing"
     assert final["status"] == "failed" and final["error"]["type"] == "EngineUnavailableError"
     assert "gnosis-ocr cache warm" in final["error"]["message"]
+
+
+def test_a_job_never_downloads_the_model(
+    hub: LocalHub, cache_root: Path, tmp_path: Path, live: Callable[..., Live]
+) -> None:
+    """Default engine tesseract, the VLM's model not in the cache: a job asking for the VLM fails at once saying
+    how to warm it, and the hub sees no request (the model is not fetched behind the operator's back)."""
+    app = live(make_settings(cache_root, hub.endpoint, engine="tesseract", storage=str(tmp_path / "storage")))
+    wait_for(app.ready, 60, "tesseract to load")
+    hub.reset_counters()
+    job = submit(app.client, [("a.png", make.image_bytes(make.marked_image((300, 200)), "PNG"))], engine="vlm")
+    final = wait_finished(app.client, job["id"], timeout=30)
+    assert final["status"] == "failed" and final["error"]["type"] == "EngineUnavailableError"
+    assert "never downloads" in final["error"]["message"] and "cache/warm" in (final["error"]["hint"] or "")
+    assert hub.request_count == 0, hub.requests
+    assert app.client.get("/api/v1/cache").json()["state"] == "absent"

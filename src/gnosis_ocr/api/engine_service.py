@@ -18,8 +18,8 @@ from typing import Literal
 
 from gnosis_ocr.api.model_service import ModelService
 from gnosis_ocr.engines import Engine, EngineInfo, StreamingEngine, choose_engine, engine_from_settings, streaming
-from gnosis_ocr.errors import ConfigError, EngineUnavailableError, GnosisError
-from gnosis_ocr.modelcache import ModelCache
+from gnosis_ocr.errors import CacheError, ConfigError, EngineUnavailableError, GnosisError
+from gnosis_ocr.modelcache import ModelCache, ResolvedModel
 from gnosis_ocr.settings import EngineName, Settings
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,22 @@ class EngineService:
     def _build(self, name: EngineName) -> StreamingEngine:
         if self._factory is not None:
             return streaming(self._factory(self.settings, self.cache, name))
-        resolved = self.model.resolved if name == "vlm" else None  # loaded as resolved: no second lookup
+        resolved = self._model_for_a_job() if name == "vlm" else None
         return engine_from_settings(self.settings, self.cache, name, resolved=resolved)
+
+    def _model_for_a_job(self) -> ResolvedModel:
+        """The VLM's snapshot: as the model service resolved it (no second lookup), else complete in the cache
+        already. A job never downloads a model: warming is an operator's step, visible in /readyz."""
+        if self.model.resolved is not None:
+            return self.model.resolved
+        try:
+            return self.cache.resolve(self.settings.model_name, self.settings.model_revision, mode="offline")
+        except CacheError as exc:
+            raise EngineUnavailableError(
+                f"The VLM's model {self.settings.model_name} is not ready in the cache, and a job never downloads "
+                f"it: {exc.message}",
+                hint="Warm it first (POST /api/v1/cache/warm, or `gnosis-ocr cache warm`), then upload again.",
+            ) from exc
 
     # -- use ---------------------------------------------------------------------------------------------
 
