@@ -90,6 +90,13 @@ def test_partial_failure_exit_code(docs: dict[str, Path]) -> None:
     assert "page 2" in run.stderr and "<!-- page 3 -->" in run.stdout
 
 
+@pytest.mark.parametrize("order", ["holes first", "locked first"])
+def test_an_unreadable_document_outranks_failed_pages_in_any_order(docs: dict[str, Path], order: str) -> None:
+    files = [str(docs["holes.pdf"]), str(docs["locked.pdf"])]
+    run = ocr(*(files if order == "holes first" else files[::-1]), "-e", "fake", "--text-layer", "never")
+    assert run.returncode == 9, run.stderr
+
+
 def test_usage_errors(docs: dict[str, Path], tmp_path: Path) -> None:
     missing = ocr(str(tmp_path / "nope.pdf"), "-e", "fake")
     assert missing.returncode == 2 and "does not exist" in missing.stderr

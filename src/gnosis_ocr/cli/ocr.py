@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from gnosis_ocr.cli.errors import EXIT_DOCUMENT, EXIT_PARTIAL, exit_code
+from gnosis_ocr.cli.errors import EXIT_PARTIAL, exit_code
 from gnosis_ocr.cli.progress import count_bars, print_engine
 from gnosis_ocr.engines import engine_from_settings
 from gnosis_ocr.engines.feeder import OnFirstUse
@@ -191,12 +191,12 @@ def ocr(
                     err.print(f"[bold red]error:[/] {path}: {exc.message}", highlight=False)
                     if exc.hint:
                         err.print(f"[bold]hint:[/] {exc.hint}", highlight=False)
-                    worst = max(worst, exit_code(exc))
+                    worst = exit_code(exc)  # an unreadable document outranks failed pages, whatever the order
                     continue
                 for page in result.pages:
                     if not page.ok:
                         err.print(f"[yellow]warning:[/] {path} page {page.number}: {page.error}", highlight=False)
-                        worst = max(worst, EXIT_PARTIAL) if worst != EXIT_DOCUMENT else worst
+                        worst = worst or EXIT_PARTIAL
                 if output is not None:
                     _write(targets[path], _render(result, fmt))
                 results.append(result)
