@@ -84,10 +84,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class CatchAllMiddleware:
-    """Anything no handler took becomes a JSON 500, logged without a traceback.
+    """Anything no handler took becomes a JSON 500, logged once with its traceback (the client sees only that it
+    failed).
 
-    Starlette's own catch-all re-raises after answering, so the server would print the traceback; this one sits
-    inside it and ends the exception here.
+    Starlette's own catch-all re-raises after answering, so the server would print the traceback a second time;
+    this one sits inside it and ends the exception here.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -115,6 +116,7 @@ class CatchAllMiddleware:
                 type(exc).__name__,
                 _where(exc),
                 exc,
+                exc_info=exc,  # our own bug: its traceback belongs in the log, once
             )
             if started:
                 return  # too late for a status; the server closes the unfinished response

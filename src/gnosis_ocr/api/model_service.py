@@ -335,7 +335,9 @@ class ModelService:
             logger.warning("%s of %s@%s failed: %s", kind, self.model, revision, exc)
         except Exception as exc:
             error = f"unexpected {type(exc).__name__} during {kind}"
-            logger.error("%s of %s@%s failed unexpectedly: %s: %s", kind, self.model, revision, type(exc).__name__, exc)
+            logger.exception(
+                "%s of %s@%s failed unexpectedly: %s: %s", kind, self.model, revision, type(exc).__name__, exc
+            )
         finally:
             done, total = progress.counts()
             with self._lock:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +19,7 @@ from gnosis_ocr.errors import ConfigError, DocumentError
 from gnosis_ocr.jobs.pipeline import OcrOptions
 from gnosis_ocr.jobs.results import DocumentResult, PageResult
 from gnosis_ocr.modelcache import cache_from_settings
+from gnosis_ocr.modelcache.fsutil import atomic_write_bytes
 from gnosis_ocr.settings import Settings
 
 
@@ -58,14 +57,9 @@ class _PageBars:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Write by temp file and rename, so a crash never leaves half a result under the final name."""
+    """Write by temp file, fsync and rename, so a crash never leaves half a result under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, data, cache=False)
 
 
 def _render(result: DocumentResult, fmt: Format) -> bytes:
