@@ -3,7 +3,7 @@
     GnosisError
     ├── ConfigError (ValueError)               a setting or argument is unusable
     ├── CacheError                             the model cache
-    │   ├── ModelNotCachedError (FileNotFoundError)   absent or incomplete, and downloads are off
+    │   ├── ModelNotCachedError (FileNotFoundError)   absent or incomplete, and downloads are off or failed
     │   ├── CacheCorruptError                  files on disk do not match the ready-manifest
     │   ├── CacheReadOnlyError (PermissionError)      a write was needed on a read-only cache
     │   └── HubError (ConnectionError)         the model hub could not give what was asked
@@ -19,6 +19,7 @@
     │   └── DocumentLimitError                 over a page, pixel or size limit (bomb guard)
     ├── EngineError                            an OCR engine could not run
     │   └── EngineUnavailableError             missing package, model or device for that engine
+    ├── OutputWriteError (OSError)             results could not be written where they were asked for
     └── JobError                               a service job cannot be found or changed as asked
         ├── JobNotFoundError (LookupError)     no job has this id
         ├── JobFinishedError                   already finished (cannot cancel)
@@ -56,7 +57,8 @@ class CacheError(GnosisError):
 
 
 class ModelNotCachedError(CacheError, FileNotFoundError):
-    """The model is absent or incomplete in the cache and downloads are not allowed."""
+    """The model is absent or incomplete in the cache and downloads are not allowed, or the download that would
+    fill the miss failed (then ``__cause__`` is the HubError)."""
 
 
 class CacheCorruptError(CacheError):
@@ -117,6 +119,10 @@ class EngineError(GnosisError):
 
 class EngineUnavailableError(EngineError):
     """The engine's package, model or device is missing here."""
+
+
+class OutputWriteError(GnosisError, OSError):
+    """Results could not be written where they were asked for (a full disk, a bucket refusing the write)."""
 
 
 class JobError(GnosisError):

@@ -315,3 +315,11 @@ def test_a_src_without_documents_or_a_bad_shard_is_refused_before_listing_dst(tm
         list_batch(LocalTree(tmp_path / "empty"), LocalTree(tmp_path / "out"), Shard())
     with pytest.raises(ConfigError, match="does not exist or is not a folder"):
         list_batch(LocalTree(tmp_path / "empty" / "notes.txt"), LocalTree(tmp_path / "out"), Shard())
+
+
+def test_results_that_cannot_be_written_exit_12_not_as_bad_usage(collection: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where DST's folder should be")
+    run = batch(str(collection), str(blocker / "out"), env={"GNOSIS_TARGET_PIXELS": "120000"})
+    assert run.returncode == 12, run.stderr
+    assert "Cannot write" in " ".join(run.stderr.split())

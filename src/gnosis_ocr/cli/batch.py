@@ -181,8 +181,8 @@ def batch(
     document (stderr). At the end, on stdout: one summary line, then one line per failed document or page.
 
     Exit codes: 0 every document of the shard read; 11 some documents or pages failed (the others are written);
-    2 bad usage (SRC missing or without documents, task index not below the count, DST not writable);
-    10 the engine cannot run; others as for every command.
+    2 bad usage (SRC missing or without documents, task index not below the count); 12 results could not be
+    written to DST (full, not writable: a rerun resumes); 10 the engine cannot run; others as for every command.
 
     A Cloud Run Job of 20 tasks over a bucket (execute it again to resume, or to retry the failures; the image's
     entry point runs gnosis-ocr, so only --args is given; deploy/cloudrun.sh batch-job does all this):

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from gnosis_ocr.documents.pages import parse_page_selection
 from gnosis_ocr.engines.base import Engine, StreamingEngine
-from gnosis_ocr.errors import ConfigError, DocumentError, DocumentLimitError, GnosisError
+from gnosis_ocr.errors import ConfigError, DocumentError, DocumentLimitError, GnosisError, OutputWriteError
 from gnosis_ocr.jobs.pipeline import OcrOptions, PipelineProgress, ocr_document
 from gnosis_ocr.jobs.results import DocumentResult
 from gnosis_ocr.modelcache.fsutil import atomic_write_bytes
@@ -430,7 +430,8 @@ def run_batch(
 ) -> BatchReport:
     """Read the documents of ``plan`` in order and write their results (``engine`` may be None when there is
     nothing to do). What would fail every document stops the run: an EngineError or a cache error, a failed write
-    to DST (ConfigError). Anything else wrong with one document is that document's outcome, and the others go on."""
+    to DST (OutputWriteError). Anything else wrong with one document is that document's outcome, and the others
+    go on."""
     options = options or OcrOptions()
     progress = progress or _NoProgress()
     started = time.monotonic()
@@ -495,7 +496,7 @@ def _write(tree: Tree, name: str, data: bytes) -> None:
     try:
         tree.write(name, data)
     except Exception as exc:
-        raise ConfigError(
+        raise OutputWriteError(
             f"Cannot write {tree.url}/{name}: {type(exc).__name__}: {exc}",
             hint="Check that the folder is writable with these credentials; a rerun skips every document already "
             "written and resumes there.",
