@@ -77,7 +77,7 @@ class Live:
         response = self.client.get("/readyz")
         return response.json() if response.status_code == 200 else None
 
-    def metric(self, name: str, **labels: str) -> float | None:
+    def metric(self, name: str, /, **labels: str) -> float | None:
         """One sample of /metrics (None when absent)."""
         text = self.client.get("/metrics").text
         want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")

@@ -248,6 +248,8 @@ def test_tiny_vlm_reads_the_pages_from_the_cache_with_no_network(
     }
     assert hub.request_count == 0, hub.requests
     assert app.metric("gnosis_cache_lookups_total", result="hit") == 1
+    labels = {"name": "vlm", "backend": "transformers", "model": REPO, "revision": commit}
+    assert app.metric("gnosis_engine_info", **labels, profile="generic-qwen2.5-vl", device="cpu") == 1
 
 
 def test_a_job_fails_with_the_reason_when_the_model_cannot_come(

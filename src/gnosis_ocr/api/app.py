@@ -86,7 +86,7 @@ def create_app(
             model_cache.endpoint,
             f"required ({len(ctx.api_key_digests)} key(s))" if ctx.api_key_digests else "off",
         )
-        engines = EngineService(settings, model_cache, service, factory=engine_factory)
+        engines = EngineService(settings, model_cache, service, factory=engine_factory, metrics=ctx.job_metrics)
         job_store = store if store is not None else await anyio.to_thread.run_sync(JobStore, settings.storage)
         runner = JobRunner(
             job_store,

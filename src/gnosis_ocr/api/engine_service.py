@@ -19,6 +19,7 @@ from typing import Literal
 from gnosis_ocr.api.model_service import ModelService
 from gnosis_ocr.engines import Engine, EngineInfo, StreamingEngine, choose_engine, engine_from_settings, streaming
 from gnosis_ocr.errors import CacheError, ConfigError, EngineUnavailableError, GnosisError
+from gnosis_ocr.jobs.metrics import JobMetrics
 from gnosis_ocr.modelcache import ModelCache, ResolvedModel
 from gnosis_ocr.settings import EngineName, Settings
 
@@ -48,9 +49,16 @@ class EngineStatus:
 
 class EngineService:
     def __init__(
-        self, settings: Settings, cache: ModelCache, model: ModelService, *, factory: Factory | None = None
+        self,
+        settings: Settings,
+        cache: ModelCache,
+        model: ModelService,
+        *,
+        factory: Factory | None = None,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self._metrics = metrics
         self.cache = cache
         self.model = model
         self._factory = factory
@@ -127,6 +135,8 @@ class EngineService:
             engine = self._build(name)
             engine.load()
             self._engines[name] = engine
+            if self._metrics is not None:
+                self._metrics.engine_loaded(engine.info)
             return engine
 
     def _build(self, name: EngineName) -> StreamingEngine:

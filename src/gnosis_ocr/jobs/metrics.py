@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gnosis_ocr.engines.base import EngineInfo
+
 PAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 JOB_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
@@ -40,8 +42,24 @@ class JobMetrics:
             ["to"],
             registry=r,
         )
+        self.engine_info = Gauge(
+            "gnosis_engine_info",
+            "Engines loaded (1 each): name, backend (vllm, transformers), model, its commit, profile, device.",
+            ["name", "backend", "model", "revision", "profile", "device"],
+            registry=r,
+        )
         self.queued = Gauge("gnosis_jobs_queued", "Jobs waiting for the worker.", registry=r)
         self.running = Gauge("gnosis_jobs_running", "Jobs whose pages are being read.", registry=r)
         self.resumed = Counter(
             "gnosis_jobs_resumed", "Unfinished jobs taken over after a restart or from a silent instance.", registry=r
         )
+
+    def engine_loaded(self, info: EngineInfo) -> None:
+        self.engine_info.labels(
+            name=info.name,
+            backend=info.backend or "",
+            model=info.model or "",
+            revision=info.revision or "",
+            profile=info.profile or "",
+            device=info.device,
+        ).set(1)

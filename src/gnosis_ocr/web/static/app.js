@@ -352,12 +352,20 @@ function counts() {
   return { ...counted, total: counted.total || state.job?.progress?.pages_total || 0 };
 }
 
+/** "vlm (vllm, nanonets/Nanonets-OCR-s@3baad18, profile nanonets-ocr-s)", or the plain name for the others. */
+function engineWords(engine) {
+  const parts = [engine.backend, engine.model && `${engine.model}${engine.revision ? `@${engine.revision.slice(0, 7)}` : ""}`];
+  if (engine.profile) parts.push(`profile ${engine.profile}`);
+  const details = parts.filter(Boolean).join(", ");
+  return details && engine.backend ? `${engine.name} (${details})` : engine.name;
+}
+
 function statusText(job) {
   const { done, failed, total } = counts();
-  const engine = job.engine?.name ? ` with ${job.engine.name}` : "";
+  const engine = job.engine?.name ? ` with ${engineWords(job.engine)}` : "";
   switch (job.status) {
     case "queued":
-      return state.cancelling ? "Cancelling…" : "Queued: waiting for the worker.";
+      return state.cancelling ? "Cancelling…" : "Queued: waiting for a free place.";
     case "processing":
       if (state.cancelling) return `Cancelling after the current pages (${done + failed} of ${total} finished)…`;
       return `Reading${engine}: ${done + failed} of ${plural(total, "page")} finished.`;
