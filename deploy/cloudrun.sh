@@ -224,6 +224,8 @@ cmd_warm_job() {
         extra+=(--set-secrets="HF_TOKEN=$HF_TOKEN_SECRET:latest")
     fi
     # No GPU: downloading is network and disk. Two files at a time bounds what the mount stages in memory.
+    # GNOSIS_CACHE_BUCKET: the bucket folder behind the cache root, so the download lease is taken through the
+    # bucket's conditional writes (every task has its own gcsfuse mount: a lease file would not stop the others).
     run gcloud run jobs deploy "$WARM_JOB" "${SCOPE[@]}" \
         --image="$IMAGE" \
         --service-account="$WARM_SERVICE_ACCOUNT" \
@@ -232,7 +234,7 @@ cmd_warm_job() {
         --cpu=4 --memory=16Gi \
         --add-volume="$WRITABLE_VOLUME" \
         --add-volume-mount="$VOLUME_MOUNT" \
-        --set-env-vars="$MODEL_ENV,GNOSIS_CACHE_DOWNLOAD_WORKERS=2" \
+        --set-env-vars="$MODEL_ENV,GNOSIS_CACHE_DOWNLOAD_WORKERS=2,GNOSIS_CACHE_BUCKET=gs://$BUCKET/${CACHE_PATH#"$CACHE_MOUNT"/}" \
         ${extra[@]+"${extra[@]}"}
     run gcloud run jobs execute "$WARM_JOB" "${SCOPE[@]}" --wait
 }

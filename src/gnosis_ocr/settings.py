@@ -15,6 +15,9 @@ Variables (the seed deployment's names are honoured as they are):
                                the model is resolved; ``offline`` mode is always strict.
 ``GNOSIS_CACHE_LEASE_TTL``     seconds a writer's lease lives without renewal (default 60).
 ``GNOSIS_CACHE_LEASE_WAIT``    seconds a starter waits for another writer before downloading itself.
+``GNOSIS_CACHE_BUCKET``        ``gs://bucket/prefix`` (or ``s3://``) the cache root is mounted from: the download
+                               lease is then taken through the bucket's conditional writes, so instances on
+                               separate mounts download once (unset: a file lease, one mount only).
 ``GNOSIS_CACHE_READ_WORKERS``  files read in parallel when loading weights (default 4).
 ``GNOSIS_CACHE_READ_CHUNK_MIB`` size of each sequential read (default 16).
 ``GNOSIS_CACHE_VERIFY_ON_LOAD`` hash weights while they are read and refuse a mismatch (default true).
@@ -135,6 +138,7 @@ class Settings(BaseSettings):
     network_guard: GuardMode = "count"
     cache_lease_ttl: float = Field(default=60.0, gt=0)
     cache_lease_wait: float = Field(default=1800.0, ge=0)
+    cache_bucket: str | None = Field(default=None, pattern=r"^(gs|gcs|s3)://[^/]+(/.*)?$")
     cache_read_workers: int = Field(default=4, ge=1, le=64)
     cache_read_chunk_mib: int = Field(default=16, ge=1, le=1024)
     cache_verify_on_load: bool = True

@@ -183,6 +183,10 @@ def test_warm_job_mounts_the_bucket_writable_and_runs_cache_warm(cloudrun: Cloud
     args = value(job, "args").split(",")
     assert args == ["cache", "warm"]
     assert cli_accepts(args)
+    # the lease goes through the bucket itself: each task's mount would not see another's lease file
+    env = gcloud_dict(value(job, "set-env-vars"))
+    assert env["GNOSIS_CACHE_BUCKET"] == "gs://acme-models/huggingface"
+    assert env["MODEL_CACHE_PATH"] == "/cache/huggingface"
     execute = only(result.commands, "gcloud", "run", "jobs", "execute")
     assert execute[4] == job[4]
     assert "wait" in flags(execute)

@@ -23,6 +23,8 @@ is still at that version (``expect=ABSENT``: only if there is none yet), else ra
   on the job's folder. That is correct for processes on one host only, which is all a local folder serves: local
   storage is never shared between instances (a network file system as GNOSIS_STORAGE is not supported).
 
+The conditional writes themselves live in ``gnosis_ocr/conditional.py`` (shared with the model cache's lease).
+
 A transport retry can resend a conditional write that had already landed; the store then sees its own bytes under a
 new version and returns that version instead of reporting a loss.
 """
@@ -34,38 +36,26 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final, Literal
-from urllib.parse import quote
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from gnosis_ocr.conditional import ABSENT, PreconditionFailed, put_if, read_versioned, store_kind
 from gnosis_ocr.errors import ConfigError, JobOwnershipLostError
 from gnosis_ocr.jobs.record import JobRecord, valid_job_id
 from gnosis_ocr.modelcache.fsutil import atomic_write_bytes
+
+__all__ = ["ABSENT", "IMAGE_EXT", "IMAGE_PIXELS", "IMAGE_TYPE", "JobStore"]  # ABSENT: save(expect=ABSENT), create only
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXT, IMAGE_TYPE = "webp", "image/webp"
 IMAGE_PIXELS = 2_000_000  # page images are kept for display at most this size (the OCR saw the full render)
-
-ABSENT: Final = "absent"
-"""``save(record, expect=ABSENT)``: create only, fail if the job already has a ``job.json``."""
-
-_CONFLICT_RETRIES = 3  # S3 409 ConditionalRequestConflict: "retry the request" (AWS PutObject reference)
-
-
-class _PreconditionFailed(Exception):
-    """The store refused a conditional write: the object is no longer at the expected version (or is gone)."""
-
-
-class _ConditionalConflict(Exception):
-    """S3 409 ConditionalRequestConflict: a concurrent operation on the key; the write may be retried."""
 
 
 class JobStore:
@@ -175,8 +165,11 @@ class JobStore:
         try:
             if self.local:
                 return self._local_save(record.id, path, data, expect)
-            return self._remote_save_if(path, data, expect)
-        except _PreconditionFailed:
+            remote = store_kind(self.fs)
+            if remote is None:
+                raise self._unsupported()
+            return put_if(self.fs, remote, path, data, expect)
+        except PreconditionFailed:
             pass
         current = self._read_versioned(path)
         if current is not None and current[0] == data:
@@ -215,27 +208,12 @@ class JobStore:
             if self._kind == "local":
                 with Path(path).open("rb") as fh:
                     return fh.read(), _local_token(os.fstat(fh.fileno()))
-            if self._kind == "gcs":
-                headers, data = self.fs.call("GET", self.fs.url(path))
-                generation = headers.get("x-goog-generation")
-                if not generation:
-                    raise OSError(f"GCS sent {path} without an x-goog-generation header")
-                return bytes(data), str(generation)
-            if self._kind == "s3":
-                import fsspec.asyn
-
-                bucket, key, _ = self.fs.split_path(path)
-                body, etag = fsspec.asyn.sync(self.fs.loop, self._s3_get, bucket, key)
-                return body, etag
+            remote = store_kind(self.fs)
+            if remote is not None:
+                return read_versioned(self.fs, remote, path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         raise self._unsupported()
-
-    async def _s3_get(self, bucket: str, key: str) -> tuple[bytes, str]:
-        out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
-        async with out["Body"] as body:
-            data: bytes = await body.read()
-        return data, str(out["ETag"])
 
     def _local_save(self, job_id: str, path: str, data: bytes, expect: str | None) -> str:
         # Unconditional saves take the lock too, so no write slips between a conditional save's check and rename.
@@ -246,7 +224,7 @@ class JobStore:
                 except FileNotFoundError:
                     current = None
                 if current != (None if expect == ABSENT else expect):
-                    raise _PreconditionFailed
+                    raise PreconditionFailed
             atomic_write_bytes(Path(path), data, cache=False)
             return _local_token(Path(path).stat())
 
@@ -260,7 +238,7 @@ class JobStore:
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError as exc:
             if not create:
-                raise _PreconditionFailed from exc  # the job was deleted since it was read
+                raise PreconditionFailed from exc  # the job was deleted since it was read
             folder.mkdir(parents=True, exist_ok=True)  # deleted between mkdir and open: as an unlocked write would
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -268,56 +246,6 @@ class JobStore:
             yield
         finally:
             os.close(fd)
-
-    def _remote_save_if(self, path: str, data: bytes, expect: str) -> str:
-        for attempt in range(_CONFLICT_RETRIES):
-            try:
-                token = (
-                    self._gcs_put_if(path, data, expect) if self._kind == "gcs" else self._s3_put_if(path, data, expect)
-                )
-            except _ConditionalConflict:
-                if attempt == _CONFLICT_RETRIES - 1:
-                    raise _PreconditionFailed from None
-                time.sleep(0.05 * (attempt + 1))
-                continue
-            self.fs.invalidate_cache(path)
-            return token
-        raise AssertionError("unreachable")
-
-    def _gcs_put_if(self, path: str, data: bytes, expect: str) -> str:
-        bucket, key, _ = self.fs.split_path(path)
-        boundary = secrets.token_hex(16)
-        head = (
-            f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{json.dumps({'name': key})}\r\n"
-            f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
-        )
-        try:
-            out = self.fs.call(
-                "POST",
-                f"{self.fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
-                uploadType="multipart",
-                ifGenerationMatch="0" if expect == ABSENT else expect,
-                headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},
-                data=head.encode() + data + f"\r\n--{boundary}--\r\n".encode(),
-                json_out=True,
-            )
-        except FileExistsError as exc:  # gcsfs raises this for HTTP 412 Precondition Failed
-            raise _PreconditionFailed from exc
-        return str(out["generation"])
-
-    def _s3_put_if(self, path: str, data: bytes, expect: str) -> str:
-        bucket, key, _ = self.fs.split_path(path)
-        condition = {"IfNoneMatch": "*"} if expect == ABSENT else {"IfMatch": expect}
-        try:
-            out = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
-        except OSError as exc:  # s3fs translates the ClientError and keeps it as __cause__
-            code = _s3_error_code(exc)
-            if code == "PreconditionFailed" or (code == "NoSuchKey" and expect != ABSENT):
-                raise _PreconditionFailed from exc  # NoSuchKey: If-Match on a deleted job
-            if code == "ConditionalRequestConflict":
-                raise _ConditionalConflict from exc
-            raise
-        return str(out["ETag"])
 
     def _lost(self, job_id: str, expect: str) -> JobOwnershipLostError:
         if expect == ABSENT:
@@ -430,14 +358,7 @@ class JobStore:
 
 def _store_kind(fs: Any, local: bool) -> Literal["local", "gcs", "s3"] | None:
     """Which conditional-write protocol this filesystem speaks (None: none that the store knows)."""
-    if local:
-        return "local"
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if {"gs", "gcs"} & set(protocols):
-        return "gcs"
-    if "s3" in protocols:
-        return "s3"
-    return None
+    return "local" if local else store_kind(fs)
 
 
 def _parse_record(job_id: str, data: bytes) -> JobRecord | None:
@@ -459,12 +380,4 @@ def _put_token(out: object) -> str | None:
     if isinstance(out, dict):
         token = out.get("generation") or out.get("ETag")
         return str(token) if token else None
-    return None
-
-
-def _s3_error_code(exc: BaseException) -> str | None:
-    response = getattr(exc.__cause__, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        return str(code) if code else None
     return None

@@ -45,6 +45,7 @@ def cache_from_settings(settings: Settings, metrics: CacheMetrics | None = None)
             workers=settings.cache_download_workers,
             lease_ttl=settings.cache_lease_ttl,
             lease_wait=settings.cache_lease_wait,
+            lease_bucket=settings.cache_bucket,
         ),
         metrics=metrics,
         strict_offline=settings.strict_offline,

@@ -23,9 +23,10 @@ from gnosis_ocr.modelcache.hashing import CHUNK, GitBlobHasher
 from gnosis_ocr.modelcache.hub import HubClient, RemoteFile, RemoteSnapshot
 from gnosis_ocr.modelcache.layout import RepoLayout, is_commit
 from gnosis_ocr.modelcache.lease import LeaseInfo, writer_lease
-from gnosis_ocr.modelcache.manifest import ManifestFile, new_manifest, write_manifest
+from gnosis_ocr.modelcache.manifest import Manifest, ManifestFile, new_manifest, write_manifest
 from gnosis_ocr.modelcache.metrics import CacheMetrics
-from gnosis_ocr.modelcache.status import inspect_snapshot, read_ref
+from gnosis_ocr.modelcache.objectlease import object_lease
+from gnosis_ocr.modelcache.status import inspect_snapshot, list_snapshot, read_ref
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class WarmOptions:
     workers: int = 4
     lease_ttl: float = 60.0
     lease_wait: float = 1800.0
+    lease_bucket: str | None = None  # gs://bucket/prefix behind the cache root: the lease is an object there
 
 
 def write_ref(layout: RepoLayout, revision: str, commit: str) -> None:
@@ -122,12 +124,18 @@ def warm_snapshot(
         logger.info("%s: %s is downloading; waiting for it", layout.repo_id, who)
 
     ensure_dir(layout.meta_dir)
+    bucket_lease = (
+        object_lease(options.lease_bucket, layout.root, layout.lease_path, options.lease_ttl)
+        if options.lease_bucket
+        else None
+    )
     with writer_lease(
         layout.lease_path,
         ttl=options.lease_ttl,
         wait=options.lease_wait,
         done=(lambda: False) if recheck else complete,
         on_wait=on_wait,
+        lease=bucket_lease,
     ) as outcome:
         if wait_started:
             metrics.lease_wait_seconds.inc(time.monotonic() - wait_started[0])
@@ -147,7 +155,9 @@ def warm_snapshot(
         entries = [entry for entry, _ in results]
         downloaded = [f for (_, fetched), f in zip(results, remote.files, strict=True) if fetched]
 
-        write_manifest(layout, new_manifest(layout.repo_id, remote.commit, revision, entries))
+        manifest = new_manifest(layout.repo_id, remote.commit, revision, entries)
+        write_manifest(layout, manifest)
+        remove_unlisted(layout, manifest)
         metrics.observe("download", time.monotonic() - download_started)
         nbytes = sum(f.size for f in downloaded)
         logger.info(
@@ -159,6 +169,20 @@ def warm_snapshot(
             len(entries) - len(downloaded),
         )
         return finished(len(downloaded), nbytes, len(entries) - len(downloaded), outcome != "acquired")
+
+
+def remove_unlisted(layout: RepoLayout, manifest: Manifest) -> list[str]:
+    """Delete files in the snapshot folder that ``manifest`` does not list (temp files aside: their writers may
+    be alive; ``prune`` judges them). No writer creates such files, so they are debris (a ``*.incomplete`` of
+    another tool, a file copied in by hand); the fast check calls the snapshot incomplete while they are there,
+    because the tokenizer, processor and config loaders open files by name in the folder."""
+    snapshot_dir = layout.snapshot_dir(manifest.commit)
+    removed = list_snapshot(snapshot_dir).unlisted(manifest)
+    for rel in removed:
+        with contextlib.suppress(FileNotFoundError):
+            (snapshot_dir / rel).unlink()
+        logger.info("%s@%s: removed unexpected file %s", layout.repo_id, manifest.commit[:7], rel)
+    return removed
 
 
 class _Fetcher:
