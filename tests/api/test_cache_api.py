@@ -93,6 +93,7 @@ def test_verify_finds_a_zeroed_shard_and_warm_repairs_it(
     report = verify.json()
     assert report["check"] == "full" and report["state"] == "incomplete"
     assert [(f["path"], f["kind"]) for f in report["faults"]] == [(shard.name, "hash")]
+    assert "cache repair" in (report["fix"] or "")  # the verdict names its repair, over HTTP too
     assert app.metric("gnosis_cache_verifications_total", check="full", result="incomplete") == 1
 
     not_ready = app.client.get("/readyz")

@@ -128,7 +128,17 @@ def test_stray_temp_files_are_reported_but_not_loaded_as_data(tmp_path: Path) ->
     stray.write_bytes(b"partial")
     report = inspect_snapshot(layout, "main")
     assert report.state == "complete"
-    assert report.leftovers == ("model-00001-of-00002.safetensors.gnosis-tmp-host-123-abcd",)
+    assert report.leftovers == (f"snapshots/{COMMIT}/model-00001-of-00002.safetensors.gnosis-tmp-host-123-abcd",)
+    assert report.fix == "gnosis-ocr cache prune --yes"
+
+
+def test_leftovers_outside_the_snapshot_folder_are_listed_before_any_commit_is_on_record(tmp_path: Path) -> None:
+    layout = repo_layout(tmp_path, REPO)
+    layout.manifests_dir.mkdir(parents=True)
+    tmp = layout.manifests_dir / f"{COMMIT}.json.gnosis-tmp-host-123-abcd"
+    tmp.write_bytes(b"{")
+    report = inspect_snapshot(layout, "main")
+    assert report.state == "absent" and report.leftovers == (f".gnosis/manifests/{tmp.name}",)
 
 
 def test_unexpected_file_and_symlink_are_faults(tmp_path: Path) -> None:

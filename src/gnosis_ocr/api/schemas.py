@@ -113,6 +113,8 @@ class CacheReport(BaseModel):
     expected_bytes: int | None
     faults: list[FaultOut]
     leftovers: list[str]
+    stale_lease: str | None = Field(default=None, description="A writer's lease that expired (prune removes it).")
+    fix: str | None = Field(default=None, description="The command that fixes what this report found, if any.")
     cache_root: str
     policy: CacheMode
     warm: WarmOut

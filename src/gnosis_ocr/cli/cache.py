@@ -73,16 +73,23 @@ def _print_report(report: SnapshotReport, settings: Settings) -> None:
         out.print(f"  {key:<7} {value}", highlight=False)
     for fault in report.faults:
         out.print(f"  [red]✗[/] {fault.path}: {fault.detail}", highlight=False)
-    if report.leftovers:
-        out.print(
-            f"  [yellow]![/] {len(report.leftovers)} temp file(s) of an interrupted writer; "
-            "`gnosis-ocr cache prune` removes them",
-            highlight=False,
-        )
+    for leftover in report.leftovers:
+        out.print(f"  [yellow]![/] {leftover}: temp file of a writer (not part of the snapshot)", highlight=False)
+    if report.stale_lease:
+        out.print(f"  [yellow]![/] {report.stale_lease}", highlight=False)
+    if report.fix is not None:
+        out.print(f"  run `{report.fix}` to {_fix_purpose(report)}", highlight=False)
+
+
+def _fix_purpose(report: SnapshotReport) -> str:
     if report.state == "absent":
-        out.print(f"  run `gnosis-ocr cache warm {report.repo_id}` to download it", highlight=False)
-    elif report.state == "incomplete":
-        out.print(f"  run `gnosis-ocr cache repair {report.repo_id}` to fetch what is missing", highlight=False)
+        return "download it"
+    kinds = {f.kind for f in report.faults}
+    if kinds == {"unexpected"}:
+        return "remove the unexpected file(s) (`gnosis-ocr cache prune --yes` does it without the hub)"
+    if report.state == "incomplete":
+        return "fetch what is missing or wrong" + (" and remove unexpected files" if "unexpected" in kinds else "")
+    return "remove temp files of dead writers and stale leases (`gnosis-ocr cache prune` shows the plan first)"
 
 
 def _size(n: int | None) -> str:
@@ -130,7 +137,7 @@ def verify(
     """Check the snapshot against its ready-manifest, offline. Exit code 1 on any fault.
 
     By default names and sizes; --full re-hashes every file, which finds flipped or zeroed bytes.
-    Temp files left by an interrupted writer count as faults too (prune removes them).
+    Temp files of a writer are not part of the snapshot: they are listed, never a fault (prune removes them).
     """
     settings = _settings(cache_dir)
     repo_id, rev = _target(settings, model, revision)
@@ -146,7 +153,7 @@ def verify(
         out.print_json(data=_report_doc(report, settings))
     else:
         _print_report(report, settings)
-    if not report.complete or report.leftovers:
+    if not report.complete:
         raise typer.Exit(EXIT_FAULT)
 
 
@@ -220,15 +227,17 @@ def prune(
     cache_dir: CacheDirOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete what the plan lists.")] = False,
     grace: Annotated[
-        float,
+        float | None,
         typer.Option(
-            help="Temp files younger than this many seconds are kept, unless "
-            "their writer is a dead process on this host."
+            help="Temp files untouched for longer than this many seconds, whose writer holds no live lease, are "
+            "abandoned; a dead writer's on this host go at once. Default: the lease TTL (GNOSIS_CACHE_LEASE_TTL).",
+            show_default=False,
         ),
-    ] = 3600.0,
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Plan, then (with --yes) delete: temp files of crashed writers, expired leases, snapshots no branch uses.
+    """Plan, then (with --yes) delete: temp files of dead writers, stale leases, files a finished snapshot's
+    manifest does not list, and snapshots no branch uses.
 
     The configured model's revision (MODEL_NAME, GNOSIS_MODEL_REVISION) is always kept.
     """
@@ -238,7 +247,7 @@ def prune(
     current = cache.status(settings.model_name, settings.model_revision)
     if current.commit:
         keep[settings.model_name] = {current.commit}
-    plan = plan_prune(settings.cache_root, keep=keep, grace=grace)
+    plan = plan_prune(settings.cache_root, keep=keep, grace=settings.cache_lease_ttl if grace is None else grace)
     if as_json:
         doc = {
             "cache_root": str(plan.root),

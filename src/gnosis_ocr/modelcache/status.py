@@ -7,7 +7,9 @@ results; ``inspect_snapshot`` does the I/O. Nothing here writes, so it is safe o
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,7 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gnosis_ocr.modelcache.hashing import sha256_file
-from gnosis_ocr.modelcache.layout import RepoLayout, is_commit, is_temp_name, safe_relpath
+from gnosis_ocr.modelcache.layout import TEMP_MARKER, RepoLayout, is_commit, is_temp_name, safe_relpath
+from gnosis_ocr.modelcache.lease import Lease, LeaseInfo
 from gnosis_ocr.modelcache.manifest import Manifest, ManifestError, manifest_commits, read_manifest
 
 State = Literal["complete", "incomplete", "absent"]
@@ -53,6 +56,25 @@ class SnapshotReport:
     leftovers: tuple[str, ...] = ()
     size_on_disk: int = 0
     check: Literal["fast", "full"] = "fast"
+    stale_lease: str | None = None
+
+    @property
+    def fix(self) -> str | None:
+        """The one command that repairs what this report found, or None when there is nothing to repair.
+
+        Every state has its command (docs/CACHE.md, "What status reports and what fixes it"): absent -> warm;
+        a missing, truncated, corrupt or non-regular file or a bad manifest -> repair (it re-fetches; it also
+        removes unlisted files); only unlisted files -> repair (``prune --yes`` does it without the hub);
+        complete but with temp files of an interrupted writer or a stale lease -> ``prune --yes``.
+        """
+        target = self.repo_id + ("" if self.revision == "main" else f" --revision {self.revision}")
+        if self.state == "absent":
+            return f"gnosis-ocr cache warm {target}"
+        if self.state == "incomplete":
+            return f"gnosis-ocr cache repair {target}"
+        if self.leftovers or self.stale_lease:
+            return "gnosis-ocr cache prune --yes"
+        return None
 
     @property
     def complete(self) -> bool:
@@ -76,6 +98,8 @@ class SnapshotReport:
             "expected_bytes": self.expected_size,
             "faults": [{"path": f.path, "kind": f.kind, "detail": f.detail} for f in self.faults],
             "leftovers": list(self.leftovers),
+            "stale_lease": self.stale_lease,
+            "fix": self.fix,
         }
 
     def summary(self) -> str:
@@ -95,6 +119,10 @@ class SnapshotReport:
 class ListingResult:
     entries: dict[str, Entry] = field(default_factory=dict)
     leftovers: list[str] = field(default_factory=list)
+
+    def unlisted(self, manifest: Manifest) -> list[str]:
+        """Files on disk that the manifest does not list (temp files aside): what ``repair`` and ``prune`` remove."""
+        return sorted(set(self.entries) - set(manifest.by_path()))
 
 
 def list_snapshot(snapshot_dir: Path) -> ListingResult:
@@ -136,7 +164,7 @@ def compare(manifest: Manifest, entries: dict[str, Entry]) -> tuple[Fault, ...]:
         elif got.size != want.size:
             faults.append(Fault(path, "size", f"size {got.size} bytes, expected {want.size}"))
     for path in sorted(set(entries) - set(expected)):
-        faults.append(Fault(path, "unexpected", "not listed in the manifest"))
+        faults.append(Fault(path, "unexpected", "unexpected file, not listed in the manifest"))
     return tuple(faults)
 
 
@@ -204,6 +232,10 @@ def inspect_snapshot(
     """The state of ``repo@revision`` in the cache. ``full`` adds a sha256 of every file."""
     check: Literal["fast", "full"] = "full" if full else "fast"
     commit = local_commit(layout, revision)
+    # temp files anywhere in the repository folder (snapshot files, manifest, ref, lease): a killed writer may
+    # have died before its commit was on record, and they must show right after the kill
+    leftovers = repo_leftovers(layout)
+    stale = describe_lease(stale_lease(layout))
     if commit is None:
         orphans = _orphan_snapshots(layout)
         if orphans:
@@ -212,8 +244,21 @@ def inspect_snapshot(
                 "manifest",
                 f"no ref or manifest for {revision!r}; {len(orphans)} unfinished snapshot folder(s) found",
             )
-            return SnapshotReport(layout.repo_id, revision, None, "incomplete", None, None, (fault,), check=check)
-        return SnapshotReport(layout.repo_id, revision, None, "absent", None, None, check=check)
+            return SnapshotReport(
+                layout.repo_id,
+                revision,
+                None,
+                "incomplete",
+                None,
+                None,
+                (fault,),
+                leftovers,
+                check=check,
+                stale_lease=stale,
+            )
+        return SnapshotReport(
+            layout.repo_id, revision, None, "absent", None, None, (), leftovers, check=check, stale_lease=stale
+        )
 
     snapshot_dir = layout.snapshot_dir(commit)
     listing = list_snapshot(snapshot_dir) if snapshot_dir.is_dir() else ListingResult()
@@ -230,13 +275,16 @@ def inspect_snapshot(
             snapshot_dir,
             None,
             (fault,),
-            tuple(listing.leftovers),
+            leftovers,
             on_disk,
             check,
+            stale,
         )
     if manifest is None:
         if not listing.entries and not snapshot_dir.is_dir():
-            return SnapshotReport(layout.repo_id, revision, commit, "absent", None, None, check=check)
+            return SnapshotReport(
+                layout.repo_id, revision, commit, "absent", None, None, (), leftovers, check=check, stale_lease=stale
+            )
         fault = Fault("(manifest)", "manifest", "no ready-manifest: the download never finished")
         return SnapshotReport(
             layout.repo_id,
@@ -246,9 +294,10 @@ def inspect_snapshot(
             snapshot_dir,
             None,
             (fault,),
-            tuple(listing.leftovers),
+            leftovers,
             on_disk,
             check,
+            stale,
         )
 
     faults = compare(manifest, listing.entries)
@@ -263,9 +312,10 @@ def inspect_snapshot(
         snapshot_dir,
         manifest,
         faults,
-        tuple(listing.leftovers),
+        leftovers,
         on_disk,
         check,
+        stale,
     )
 
 
@@ -290,3 +340,49 @@ def iter_repo_leftovers(layout: RepoLayout) -> Iterator[Path]:
         for name in filenames:
             if is_temp_name(name):
                 yield Path(dirpath) / name
+
+
+def repo_leftovers(layout: RepoLayout) -> tuple[str, ...]:
+    """Temp files of the repository, as paths relative to its folder (``snapshots/<commit>/x.gnosis-tmp-...``)."""
+    try:
+        return tuple(sorted(p.relative_to(layout.repo_dir).as_posix() for p in iter_repo_leftovers(layout)))
+    except OSError:  # a flaky mount: leftovers are advice, never a reason to fail a check
+        return ()
+
+
+@dataclass(frozen=True)
+class TempWriter:
+    """Who wrote a temp file, from its name ``<name>.gnosis-tmp-<host>-<pid>-<rand>``."""
+
+    host: str
+    pid: int
+
+
+def temp_writer(name: str) -> TempWriter | None:
+    if TEMP_MARKER not in name:
+        return None
+    writer = name.split(TEMP_MARKER, 1)[1]
+    host, _, pid = writer.rpartition("-")[0].rpartition("-")
+    return TempWriter(host, int(pid)) if host and pid.isdigit() else None
+
+
+def host_tag(host: str | None = None) -> str:
+    """A host name as temp file names carry it (see ``fsutil.temp_path``)."""
+    return (socket.gethostname() if host is None else host).replace(".", "_")[:32] or "host"
+
+
+def stale_lease(layout: RepoLayout, now: float | None = None) -> LeaseInfo | None:
+    """The writer lease when it is stale: expired, or its owner is a dead process on this host."""
+    try:
+        lease = Lease(layout.lease_path, ttl=1).read()
+        if lease is None:
+            return None
+        return lease if lease.expired(time.time() if now is None else now) or lease.owner_dead() else None
+    except OSError:
+        return None
+
+
+def describe_lease(lease: LeaseInfo | None) -> str | None:
+    if lease is None:
+        return None
+    return f"stale writer lease of {lease.host} pid {lease.pid} (expired or its process is gone)"
