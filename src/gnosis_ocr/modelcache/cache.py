@@ -3,7 +3,10 @@
 ``resolve`` is what engines call: it returns a local snapshot folder that is proven complete, and from then on
 the process is offline for the hub. Under ``offline`` a miss is a ModelNotCachedError naming the missing files
 and the command that fixes it; under ``auto`` a miss is warmed first; under ``refresh`` the hub is asked for a
-newer commit of the branch, which is downloaded before the branch is switched to it.
+newer commit of the branch, which is downloaded before the branch is switched to it. In every mode a miss that
+could not be filled names what the cache lacks first and the hub's failure second. Before the snapshot is handed
+out, every file besides the weights (config, tokenizer, chat template, index: small) is hashed against the
+manifest; the weights are hashed while the loader reads them.
 """
 
 from __future__ import annotations
@@ -12,18 +15,24 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
-from gnosis_ocr.errors import CacheCorruptError, HubError, ModelNotCachedError
+from gnosis_ocr.errors import (
+    CacheCorruptError,
+    HubError,
+    ModelNotCachedError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
 from gnosis_ocr.modelcache.guard import NetworkGuard
 from gnosis_ocr.modelcache.hub import HubClient, RemoteSnapshot
 from gnosis_ocr.modelcache.layout import RepoLayout, is_commit, repo_layout
 from gnosis_ocr.modelcache.manifest import Manifest
 from gnosis_ocr.modelcache.metrics import CacheMetrics
 from gnosis_ocr.modelcache.offline import go_offline, hub_online
-from gnosis_ocr.modelcache.status import SnapshotReport, inspect_snapshot
+from gnosis_ocr.modelcache.status import Fault, SnapshotReport, hash_faults, inspect_snapshot
 from gnosis_ocr.modelcache.warm import Progress, WarmOptions, WarmResult, warm_snapshot
 
 logger = logging.getLogger(__name__)
@@ -45,7 +54,13 @@ class ResolvedModel:
 
     def weight_files(self) -> list[tuple[Path, str]]:
         """(path, sha256) of every safetensors file, for the parallel reader."""
-        return [(self.path / f.path, f.sha256) for f in self.manifest.files if f.path.endswith(".safetensors")]
+        return [(self.path / f.path, f.sha256) for f in self.manifest.files if is_weight_file(f.path)]
+
+
+def is_weight_file(path: str) -> bool:
+    """Weights are hashed while the loader reads them (``GNOSIS_CACHE_VERIFY_ON_LOAD``); every other file of the
+    manifest is hashed by ``resolve``."""
+    return path.endswith(".safetensors")
 
 
 class ModelCache:
@@ -173,13 +188,18 @@ class ModelCache:
             if mode == "offline":
                 raise not_cached_error(report, self.root)
             logger.info("%s@%s: %s; warming the cache", repo_id, revision, report.summary())
-            self.warm(repo_id, revision, progress=progress)
+            try:
+                self.warm(repo_id, revision, progress=progress)
+            except HubError as exc:
+                raise_fetch_failed(report, self.root, exc)
             report = inspect_snapshot(layout, revision)
         if not report.complete or report.manifest is None or report.commit is None:
             raise CacheCorruptError(
                 f"{report.summary()} even after warming.",
                 hint="Run `gnosis-ocr cache verify --full` and `gnosis-ocr cache repair`.",
             )
+        snapshot_dir = layout.snapshot_dir(report.commit)
+        self._check_small_files(report, report.manifest, snapshot_dir)
         if hit:
             self.metrics.lookups.labels(result="hit").inc()
         self.metrics.snapshot_bytes.labels(model=repo_id).set(report.manifest.total_size)
@@ -190,11 +210,30 @@ class ModelCache:
             repo_id,
             revision,
             report.commit,
-            layout.snapshot_dir(report.commit),
+            snapshot_dir,
             report.manifest,
             hit,
             time.monotonic() - started,
         )
+
+    def _check_small_files(self, report: SnapshotReport, manifest: Manifest, snapshot_dir: Path) -> None:
+        """sha256 of every manifest file that is not a weight, before transformers or vLLM reads one: a same-size
+        change (a config value, one letter of tokenizer.json) is refused here, naming the file."""
+        small = replace(manifest, files=tuple(f for f in manifest.files if not is_weight_file(f.path)))
+        started = time.monotonic()
+        faults = hash_faults(snapshot_dir, small, workers=2)
+        seconds = time.monotonic() - started  # milliseconds: logged, not a phase (the "verify" phase is a full verify)
+        logger.debug(
+            "%s@%s: %d small file(s), %d bytes, hashed in %.1f ms",
+            report.repo_id,
+            (report.commit or "")[:7],
+            len(small.files),
+            small.total_size,
+            seconds * 1000,
+        )
+        self.metrics.verifications.labels(check="load", result="corrupt" if faults else "ok").inc()
+        if faults:
+            raise corrupt_error(report, faults)
 
     def _refresh(
         self, layout: RepoLayout, revision: str, local: SnapshotReport, progress: Progress | None
@@ -205,36 +244,91 @@ class ModelCache:
         try:
             remote = self.remote_snapshot(layout.repo_id, revision)
         except HubError as exc:
-            if local.complete:
-                logger.warning(
-                    "%s@%s: refresh failed (%s); serving cached commit %s",
-                    layout.repo_id,
-                    revision,
-                    exc.message,
-                    local.commit,
-                )
-                self.metrics.lookups.labels(result="hit").inc()
-                return local
-            raise
+            if not local.complete:
+                raise_fetch_failed(local, self.root, exc)
+            logger.warning(
+                "%s@%s: refresh failed (%s); serving cached commit %s",
+                layout.repo_id,
+                revision,
+                exc.message,
+                local.commit,
+            )
+            self.metrics.lookups.labels(result="hit").inc()
+            return local
         if remote.commit == local.commit and local.complete:
             self.metrics.lookups.labels(result="hit").inc()
             return local
         self.metrics.lookups.labels(result="miss").inc()
-        self._warm_snapshot(layout, remote, revision, progress=progress)
+        try:
+            self._warm_snapshot(layout, remote, revision, progress=progress)
+        except HubError as exc:
+            if local.complete:  # the cache is fine (an older commit): the new commit's download is what failed
+                raise
+            raise_fetch_failed(local, self.root, exc)
         return inspect_snapshot(layout, revision)
 
 
-def not_cached_error(report: SnapshotReport, root: Path) -> ModelNotCachedError:
-    rev = report.revision + (f" ({report.commit[:7]})" if report.commit and report.commit != report.revision else "")
+def _rev(report: SnapshotReport) -> str:
+    return report.revision + (f" ({report.commit[:7]})" if report.commit and report.commit != report.revision else "")
+
+
+def describe_faults(faults: tuple[Fault, ...], limit: int = 5) -> str:
+    """The faults for a message: ``tokenizer.json is missing; config.json: size 3 bytes, expected 5``."""
+
+    def one(fault: Fault) -> str:
+        if fault.kind == "manifest":
+            return fault.detail
+        return f"{fault.path} is missing" if fault.detail == "missing" else str(fault)
+
+    shown = "; ".join(one(f) for f in faults[:limit])
+    return shown + (f"; and {len(faults) - limit} more" if len(faults) > limit else "")
+
+
+def _what_is_wrong(report: SnapshotReport, root: Path) -> str:
+    name = f"Model {report.repo_id!r} (rev {_rev(report)})"
     if report.state == "absent":
-        what = "is not in the cache"
-    else:
-        missing = [f.path for f in report.faults]
-        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        what = f"is not complete: {len(missing)} problem(s) ({shown})"
+        return f"{name} is not in the cache in {root}"
+    return f"{name} is incomplete in {root}: {describe_faults(report.faults)}"
+
+
+def not_cached_error(report: SnapshotReport, root: Path) -> ModelNotCachedError:
     return ModelNotCachedError(
-        f"Model {report.repo_id!r} (rev {rev}) {what} in {root}. "
-        "Network downloads are off (GNOSIS_CACHE_MODE=offline).",
+        f"{_what_is_wrong(report, root)}. Network downloads are off (GNOSIS_CACHE_MODE=offline).",
         hint=f"Run `gnosis-ocr cache warm {report.repo_id}` where the network is reachable, "
         "or mount a bucket that `gnosis-ocr cache push` filled.",
+    )
+
+
+def raise_fetch_failed(report: SnapshotReport, root: Path, exc: HubError) -> NoReturn:
+    """A miss that the hub could not fill: what the cache lacks first, the hub's failure second.
+
+    It is a ModelNotCachedError (CLI exit 3, HTTP 503), not a HubError (exit 4): the fault to fix is in the cache
+    (the same fault exits 3 under ``offline``), the network only explains why ``auto`` could not fix it itself,
+    and the fix is a warm or repair wherever the hub is reachable, not a change to this host's network. The
+    one exception: nothing of the model is cached and the hub says the model or revision does not exist; then
+    the name is the cause and the hub's own error goes on unchanged.
+    """
+    if report.state == "absent" and isinstance(exc, RepoNotFoundError | RevisionNotFoundError):
+        raise exc
+    if report.state == "absent":
+        fetching, command = "downloading it", "warm"
+    else:
+        files = [f for f in report.faults if f.kind != "manifest"]
+        fetching, command = ("fetching it" if len(files) <= 1 else "fetching them"), "repair"
+    raise ModelNotCachedError(
+        f"{_what_is_wrong(report, root)}; {fetching} from the hub failed: {exc.message}",
+        hint=f"Run `gnosis-ocr cache {command} {report.repo_id}` where the hub is reachable, "
+        "or mount a bucket that `gnosis-ocr cache push` filled.",
+    ) from exc
+
+
+def corrupt_error(report: SnapshotReport, faults: tuple[Fault, ...]) -> CacheCorruptError:
+    one = len(faults) == 1
+    names = ", ".join(f.path for f in faults[:5]) + (", ..." if len(faults) > 5 else "")
+    return CacheCorruptError(
+        f"{names} {'does' if one else 'do'} not match {'its' if one else 'their'} sha256 in the ready-manifest of "
+        f"{report.repo_id!r} (rev {_rev(report)}) ({describe_faults(faults)}): the cached "
+        f"{'file is' if one else 'files are'} corrupt, so the model was not loaded.",
+        hint=f"Run `gnosis-ocr cache repair {report.repo_id}` to fetch {'it' if one else 'them'} again "
+        "(`gnosis-ocr cache verify --full` lists every bad file).",
     )
