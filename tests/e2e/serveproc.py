@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 class ServeProcess:
     """``gnosis-ocr serve`` on a free loopback port with ``env`` on top of a fake-engine configuration."""
 
-    def __init__(self, tmp: Path, env: dict[str, str], headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, env: dict[str, str], headers: dict[str, str] | None = None, timeout: float = 10
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full = {
@@ -44,7 +46,7 @@ class ServeProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self.client = httpx.Client(base_url=self.url, timeout=10, trust_env=False, headers=headers)
+        self.client = httpx.Client(base_url=self.url, timeout=timeout, trust_env=False, headers=headers)
         wait_for(self._ready, 60, "the server to be ready")
 
     def _ready(self) -> bool:
@@ -53,6 +55,13 @@ class ServeProcess:
             return self.client.get("/readyz").status_code == 200
         except httpx.TransportError:
             return False
+
+    def metric(self, name: str) -> float:
+        """The first sample of ``name`` in /metrics (0 when absent)."""
+        for line in self.client.get("/metrics").text.splitlines():
+            if line.startswith((name + " ", name + "{")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def log_text(self) -> str:
         self.log.flush()

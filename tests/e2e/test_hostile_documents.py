@@ -5,10 +5,7 @@ many-frame TIFFs uploaded at once are refused fast without stalling reads of oth
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,67 +16,29 @@ import httpx
 import psutil
 import pytest
 
-from tests.api.conftest import UNREACHABLE, wait_for
 from tests.api.jobclient import submit, upload, wait_finished
 from tests.documents import make
-from tests.support.objectstores import free_port, terminate
+from tests.e2e.serveproc import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-class Server:
-    def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "GNOSIS_ENGINE": "fake",
-            "GNOSIS_FAKE_ENGINE_DELAY": "0.2",
-            "GNOSIS_STORAGE": str(tmp_path / "storage"),
-            "MODEL_CACHE_PATH": str(tmp_path / "cache"),
-            "HF_ENDPOINT": UNREACHABLE,
-            # a low ceiling bounds the test's own risk: the bomb takes whatever it is allowed
-            "GNOSIS_RENDER_MEMORY_MIB": "512",
-            "GNOSIS_RENDER_TIMEOUT_SECONDS": "30",
-            "GNOSIS_RENDER_WORKERS": "2",
-        }
-        self.log = (tmp_path / "server.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gnosis_ocr", "serve", "--port", str(self.port)],
-            env=env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30, trust_env=False)
-        wait_for(self._ready, 60, "the server to be ready")
-
-    def _ready(self) -> bool:
-        assert self.proc.poll() is None, "the server exited during start-up"
-        try:
-            return self.client.get("/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def metric(self, name: str) -> float:
-        for line in self.client.get("/metrics").text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def close(self) -> None:
-        self.client.close()
-        terminate(self.proc)  # type: ignore[arg-type]
-        self.log.close()
+HOSTILE_ENV = {
+    "GNOSIS_FAKE_ENGINE_DELAY": "0.2",
+    # a low ceiling bounds the test's own risk: the bomb takes whatever it is allowed
+    "GNOSIS_RENDER_MEMORY_MIB": "512",
+    "GNOSIS_RENDER_TIMEOUT_SECONDS": "30",
+    "GNOSIS_RENDER_WORKERS": "2",
+}
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[[], Server]]:
-    started: list[Server] = []
+def start(tmp_path: Path) -> Iterator[Callable[[], ServeProcess]]:
+    started: list[ServeProcess] = []
 
-    def run() -> Server:
-        started.append(Server(tmp_path))
+    def run() -> ServeProcess:
+        started.append(ServeProcess(tmp_path, HOSTILE_ENV, timeout=30))
         return started[-1]
 
     yield run
@@ -87,12 +46,14 @@ def start(tmp_path: Path) -> Iterator[Callable[[], Server]]:
         server.close()
 
 
-def _normal_job(server: Server, label: str) -> dict[str, Any]:
+def _normal_job(server: ServeProcess, label: str) -> dict[str, Any]:
     job_id = submit(server.client, [(f"{label}.pdf", make.text_pdf([[f"{label} page 1"], [f"{label} page 2"]]))])
     return wait_finished(server.client, job_id["id"], timeout=60)
 
 
-def test_a_render_bomb_fails_its_page_and_the_server_serves_on(tmp_path: Path, start: Callable[[], Server]) -> None:
+def test_a_render_bomb_fails_its_page_and_the_server_serves_on(
+    tmp_path: Path, start: Callable[[], ServeProcess]
+) -> None:
     server = start()
     ours = psutil.Process(server.proc.pid)
     assert _normal_job(server, "before")["status"] == "done"
@@ -125,7 +86,7 @@ def test_a_render_bomb_fails_its_page_and_the_server_serves_on(tmp_path: Path, s
     assert stored["attempts"] == 1
 
 
-def test_many_frame_tiffs_at_once_are_refused_fast_and_reads_stay_quick(start: Callable[[], Server]) -> None:
+def test_many_frame_tiffs_at_once_are_refused_fast_and_reads_stay_quick(start: Callable[[], ServeProcess]) -> None:
     server = start()
     job = _normal_job(server, "kept")
     tiff = make.many_frame_tiff(20_000)  # 2 MB; Pillow alone needs seconds to count its frames
