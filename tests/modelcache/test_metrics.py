@@ -37,3 +37,12 @@ def test_hit_miss_bytes_phases_and_network_attempts(cache: ModelCache, hub: Loca
     text = generate_latest(cache.metrics.registry).decode()
     assert cache.metrics.network_attempts() == before + 2
     assert 'gnosis_cache_network_attempts_total{blocked="false",host="127.0.0.1"}' in text
+
+
+def test_a_refresh_lookup_counts_once(cache: ModelCache, hub: LocalHub) -> None:
+    commit = cache.resolve(REPO, mode="auto").commit  # miss: warms
+    cache.resolve(REPO, mode="refresh")  # the hub says the same commit: one hit
+    cache.resolve(REPO, commit, mode="refresh")  # pinned and complete: one hit, no hub
+    text = generate_latest(cache.metrics.registry).decode()
+    assert _value(text, 'gnosis_cache_lookups_total{result="miss"}') == 1
+    assert _value(text, 'gnosis_cache_lookups_total{result="hit"}') == 2

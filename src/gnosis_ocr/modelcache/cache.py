@@ -200,7 +200,7 @@ class ModelCache:
             )
         snapshot_dir = layout.snapshot_dir(report.commit)
         self._check_small_files(report, report.manifest, snapshot_dir)
-        if hit:
+        if hit and mode != "refresh":  # a refresh counts its own hit or miss
             self.metrics.lookups.labels(result="hit").inc()
         self.metrics.snapshot_bytes.labels(model=repo_id).set(report.manifest.total_size)
         go_offline(self._environ)
