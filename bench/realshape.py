@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.support.tinymodel import SPECIAL_TOKENS
+from tests.support.tinymodel import SPECIAL_TOKENS, _quiet_transformers
 
 from gnosis_ocr.modelcache.fsutil import ensure_dir, temp_path
 from gnosis_ocr.modelcache.hashing import sha256_file
@@ -305,19 +305,6 @@ def build_real_checkpoint(dest: Path, *, device: str = "cpu", seed: int = 0) -> 
     logger.info("real-shape model: weights saved in %.1f s", time.monotonic() - started)
     save_real_tokenizer(dest, seed)
     (dest / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2) + "\n", encoding="utf-8")
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def build_checkpoint(dest: Path, shape: Shape, *, device: str = "cpu", seed: int = 0) -> None:
