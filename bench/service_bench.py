@@ -277,12 +277,15 @@ def server_env(tmp: Path, src: Path = ROOT, **settings: str) -> dict[str, str]:
     code comes from ``src``/src (another checkout with ``--server-src``), its packages from this venv."""
     drop = ("MODEL_CACHE_PATH", "MODEL_NAME", "HF_HOME", "HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT", "PORT")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GNOSIS_") and k not in drop}
-    path = [str(src / "src"), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    # ROOT: the fake engine is the tests' (tests/support/fakeengine.py), brought in through the plugin seam; a
+    # checkout from before the seam has it built in and ignores GNOSIS_ENGINE_PLUGINS
+    path = [str(src / "src"), str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
     return (
         env
         | {
             "PYTHONPATH": os.pathsep.join(path),
             "GNOSIS_ENGINE": "fake",
+            "GNOSIS_ENGINE_PLUGINS": "fake=tests.support.fakeengine:fake_engine",
             "GNOSIS_FAKE_ENGINE_DELAY": str(PAGE_DELAY),
             "GNOSIS_STORAGE": str(tmp / "storage"),
             "MODEL_CACHE_PATH": str(tmp / "model-cache"),

@@ -17,6 +17,11 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("TRANSFORMERS_OFFLINE", None)
 for _var in ("MODEL_CACHE_PATH", "MODEL_NAME", "HF_ENDPOINT", "HF_HOME"):
     os.environ.pop(_var, None)
+# The fake engine is a test's, brought through the production plugin seam: `engine="fake"`, GNOSIS_ENGINE=fake and
+# `--engine fake` work here and in every subprocess that inherits this environment (this checkout on its path).
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["GNOSIS_ENGINE_PLUGINS"] = "fake=tests.support.fakeengine:fake_engine"
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from gnosis_ocr.modelcache import CacheMetrics, ModelCache, WarmOptions  # noqa: E402
 from tests.support.hubserver import LocalHub  # noqa: E402

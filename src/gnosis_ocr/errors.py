@@ -23,7 +23,10 @@
     └── JobError                               a service job cannot be found or changed as asked
         ├── JobNotFoundError (LookupError)     no job has this id
         ├── JobFinishedError                   already finished (cannot cancel)
+        ├── JobBusyError                       not in a state that allows the change (a page read again, say)
+        ├── CallbackRefusedError (ValueError)  a callback_url the server will not call (scheme, private address)
         ├── JobOwnershipLostError              job.json changed since it was read (another instance took the job)
+        ├── JobRecordUnreadableError           job.json is there but cannot be read (another version, damage)
         └── QueueFullError                     too many jobs waiting
 
 Third-party exceptions are wrapped once, where they enter (``raise ... from exc``). Only the edges (``cli``,
@@ -135,6 +138,25 @@ class JobNotFoundError(JobError, LookupError):
 
 class JobFinishedError(JobError):
     """The job has already finished; it cannot be cancelled."""
+
+
+class JobBusyError(JobError):
+    """The job is not in a state that allows the change asked for (it runs, or that page is being read again)."""
+
+
+class CallbackRefusedError(JobError, ValueError):
+    """A ``callback_url`` the server will not call: not http(s), credentials in it, or an address that is not
+    public (loopback, private, link-local, ...) without GNOSIS_WEBHOOK_ALLOWED_HOSTS naming its host."""
+
+
+class JobRecordUnreadableError(JobError):
+    """A job's ``job.json`` is there but is not a record this version can read (written by another version of
+    gnosis-ocr, or damaged). The job is kept as it is (nothing stored is lost); HTTP 500, and DELETE still removes
+    it. ``job_id`` names the job."""
+
+    def __init__(self, message: str, *, job_id: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.job_id = job_id
 
 
 class JobOwnershipLostError(JobError):

@@ -17,15 +17,27 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_CACHE_LEASE_WAIT``    seconds a starter waits for another writer before downloading itself.
 ``GNOSIS_CACHE_BUCKET``        ``gs://bucket/prefix`` (or ``s3://``) the cache root is mounted from: the download
                                lease is then taken through the bucket's conditional writes, so instances on
-                               separate mounts download once (unset: a file lease, one mount only).
+                               separate mounts download once (unset: the bucket of a gcsfuse or rclone
+                               mount where the mount table says so, else a file lease, one mount only).
 ``GNOSIS_CACHE_READ_WORKERS``  files read in parallel when loading weights (default 4).
 ``GNOSIS_CACHE_READ_CHUNK_MIB`` size of each sequential read (default 16).
-``GNOSIS_CACHE_VERIFY_ON_LOAD`` hash weights while they are read and refuse a mismatch (default true).
+``GNOSIS_VERIFY_ON_LOAD``      ``full`` (default): sha256 of every weight shard while it is read, a mismatch is
+                               refused; ``sizes``: only the sizes against the ready-manifest (for a bucket that
+                               ``cache verify --full`` checked when it was filled; docs/CACHE.md). The older
+                               ``GNOSIS_CACHE_VERIFY_ON_LOAD=true|false`` means full|sizes.
 ``GNOSIS_CACHE_DOWNLOAD_WORKERS`` files downloaded in parallel by ``warm`` (default 4).
-``GNOSIS_ENGINE``              ``auto`` | ``nanonets`` | ``tesseract``: auto takes the VLM where a GPU and
-                               the model (complete, or warmable) are there, else tesseract, and says why.
+``GNOSIS_ENGINE``              ``auto`` | ``nanonets`` | ``tesseract`` | ``layout`` | ``remote``: auto takes the VLM
+                               where a GPU is and the model is complete in the cache (auto never downloads), else
+                               tesseract, and says why; layout adds tables, headings and reading order on CPU;
+                               remote reads pages on an OpenAI-compatible server (``GNOSIS_VLM_URL``).
+``GNOSIS_ENGINE_PLUGINS``      engines gnosis-ocr does not ship: ``name=package.module:factory``, comma-separated;
+                               ``GNOSIS_ENGINE`` and an upload's ``engine`` may then name them (engines/plugins.py).
 ``GNOSIS_TESSERACT_LANG``      tesseract languages, e.g. ``eng`` or ``eng+deu`` (default ``eng``).
 ``GNOSIS_OCR_WORKERS``         CPU engine worker processes (default: number of cores).
+``GNOSIS_KEEP_FURNITURE``      layout engine: keep running headers, footers and page numbers in the Markdown
+                               (default false: they are dropped from it and kept in the page's meta).
+``GNOSIS_LAYOUT_MODEL``        layout engine: the model file ``layout_cdla.onnx`` (default: where
+                               ``scripts/layout-model`` puts it, ``<prefix>/share/gnosis-ocr/models``).
 ``GNOSIS_DEVICE``              ``cuda``, ``cuda:1`` or ``cpu`` for the VLM (default: cuda when present).
 ``GNOSIS_VLM_BACKEND``         ``auto`` | ``vllm`` | ``transformers``: how the VLM runs (auto: vLLM where it is
                                installed and a GPU is present, else transformers).
@@ -43,6 +55,18 @@ Variables (the seed deployment's names are honoured as they are):
                                again, then falls back; ``false`` takes every page as the model wrote it.
 ``GNOSIS_VLM_LOOP_RETRIES``    loop guard: retries of a looping page at a rising temperature (default 2), then
                                the page falls back to its text layer or tesseract.
+``GNOSIS_VLM_URL``             remote: the server's OpenAI-compatible base URL (``http://vlm:8000/v1``; http or
+                               https, no credentials in it).
+``GNOSIS_VLM_API_KEY``         remote: sent as ``Authorization: Bearer <key>`` (vllm serve --api-key); never logged.
+``GNOSIS_VLM_SERVED_MODEL``    remote: the name the server serves the model under (default: ``MODEL_NAME`` when the
+                               profile lists it, else the profile's model); checked at start with ``GET /models``.
+``GNOSIS_VLM_CONCURRENCY``     remote: pages in flight at once (default 16; the pool's instances x max-num-seqs).
+``GNOSIS_VLM_CONNECT_TIMEOUT``, ``GNOSIS_VLM_READ_TIMEOUT``
+                               remote: seconds to connect (10) and to wait for one page's answer (300).
+``GNOSIS_VLM_TRIES``           remote: requests per page at most (default 4): connection errors, timeouts, 429
+                               and 5xx are tried again with backoff, then the page fails with the reason.
+``GNOSIS_VLM_STARTUP_WAIT_SECONDS`` remote: how long start-up waits for a server that does not answer yet (60).
+``GNOSIS_VLM_IMAGE_FORMAT``    remote: ``png`` (default, lossless) or ``jpeg`` (smaller) page images.
 ``GNOSIS_MAX_INFLIGHT_PAGES``  pages of all running jobs in the engine at once (default: what the engine asks
                                for: vLLM's max_num_seqs, one batch for the others).
 ``GNOSIS_MAX_RUNNING_JOBS``    jobs whose pages are read at the same time (default 8); others queue.
@@ -84,6 +108,14 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_HTTP_KEEPALIVE_TIMEOUT`` seconds an idle keep-alive connection stays open (default 5).
 ``GNOSIS_HTTP_MAX_CONNECTIONS`` open client connections at once (default 1000); more are answered 503 and
                                closed at once.
+``GNOSIS_WEBHOOK_SECRET``      key of the HMAC-SHA256 signature on job callbacks (``callback_url``), at least 16
+                               characters (never logged); unset: uploads with a ``callback_url`` are refused.
+``GNOSIS_WEBHOOK_ALLOWED_HOSTS`` callback hosts (comma-separated names or IP literals) called even though they
+                               resolve to loopback, private or other non-public addresses (default: none).
+``GNOSIS_WEBHOOK_MAX_ATTEMPTS`` POSTs per callback delivery at most (default 8), retried on connection errors,
+                               5xx and 429.
+``GNOSIS_WEBHOOK_BACKOFF_SECONDS`` wait before the second attempt (default 2), doubling each time, at most 300.
+``GNOSIS_WEBHOOK_TIMEOUT_SECONDS`` to connect, and to wait for the receiver's answer (default 10).
 =============================  ==========================================================================
 """
 
@@ -92,7 +124,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -102,10 +134,12 @@ from gnosis_ocr.documents.model import DocumentLimits
 
 CacheMode = Literal["auto", "offline", "refresh"]
 GuardMode = Literal["count", "strict"]
-EngineName = Literal["auto", "vlm", "nanonets", "tesseract", "fake"]
+EngineName = Literal["auto", "vlm", "nanonets", "tesseract", "layout", "remote"]  # the built-in engines
 VlmBackend = Literal["auto", "vllm", "transformers"]
 VlmDtype = Literal["auto", "bfloat16", "float16", "float32"]
 TextLayerPolicy = Literal["auto", "never", "only"]
+VerifyOnLoad = Literal["full", "sizes"]
+VlmImageFormat = Literal["png", "jpeg"]
 
 DEFAULT_MODEL = "nanonets/Nanonets-OCR-s"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -141,12 +175,17 @@ class Settings(BaseSettings):
     cache_bucket: str | None = Field(default=None, pattern=r"^(gs|gcs|s3)://[^/]+(/.*)?$")
     cache_read_workers: int = Field(default=4, ge=1, le=64)
     cache_read_chunk_mib: int = Field(default=16, ge=1, le=1024)
-    cache_verify_on_load: bool = True
+    verify_on_load: VerifyOnLoad = Field(
+        default="full", validation_alias=AliasChoices("GNOSIS_VERIFY_ON_LOAD", "GNOSIS_CACHE_VERIFY_ON_LOAD")
+    )
     cache_download_workers: int = Field(default=4, ge=1, le=64)
 
-    engine: EngineName = "auto"
+    engine: str = "auto"  # an EngineName, or a name in engine_plugins
+    engine_plugins: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     tesseract_lang: str = Field(default="eng", pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$")
     ocr_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    keep_furniture: bool = False  # layout engine: running headers, footers, page numbers stay in the Markdown
+    layout_model: Path | None = None  # layout engine: the model file (default: <prefix>/share/gnosis-ocr/models)
     device: str | None = None
     vlm_backend: VlmBackend = "auto"
     vlm_profile: str | None = None
@@ -159,11 +198,20 @@ class Settings(BaseSettings):
     vlm_max_num_seqs: int = Field(default=64, ge=1, le=4096)
     vlm_loop_guard: bool = True
     vlm_loop_retries: int = Field(default=2, ge=0, le=5)
+    # GNOSIS_ENGINE=remote: an OpenAI-compatible server (vllm serve) runs the model (engines/remote.py)
+    vlm_url: str | None = None
+    vlm_api_key: SecretStr | None = None
+    vlm_served_model: str | None = None
+    vlm_concurrency: int = Field(default=16, ge=1, le=1024)
+    vlm_connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    vlm_read_timeout: float = Field(default=300.0, gt=0, le=7200)
+    vlm_tries: int = Field(default=4, ge=1, le=20)
+    vlm_startup_wait_seconds: float = Field(default=60.0, ge=0, le=3600)
+    vlm_image_format: VlmImageFormat = "png"
     max_inflight_pages: int | None = Field(default=None, ge=1, le=4096)
     max_running_jobs: int = Field(default=8, ge=1, le=256)
     shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=3600)
     text_layer: TextLayerPolicy = "auto"
-    fake_engine_delay: float = Field(default=0.0, ge=0, le=60)  # tests: seconds per page of GNOSIS_ENGINE=fake
     max_pages: int = Field(default=500, ge=1)
     max_page_pixels: int = Field(default=40_000_000, ge=10_000)
     max_total_pixels: int = Field(default=2_000_000_000, ge=10_000)
@@ -193,17 +241,67 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     http_keepalive_timeout: int = Field(default=5, ge=1, le=3600)
     http_max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    webhook_secret: SecretStr | None = None
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_max_attempts: int = Field(default=8, ge=1, le=20)
+    webhook_backoff_seconds: float = Field(default=2.0, gt=0, le=300)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("verify_on_load", mode="before")
+    @classmethod
+    def _verify_from_bool(cls, value: object) -> object:
+        # GNOSIS_CACHE_VERIFY_ON_LOAD was a boolean: true is full, false is sizes
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return "full"
+        return "sizes" if text in ("false", "0", "no", "off") else value
 
     @field_validator("hf_endpoint")
     @classmethod
     def _strip_endpoint(cls, value: str) -> str:
         return value.rstrip("/")
 
-    @field_validator("api_key")
+    @field_validator("api_key", "vlm_api_key")
     @classmethod
     def _blank_key_is_no_key(cls, value: SecretStr | None) -> SecretStr | None:
         # GNOSIS_API_KEY= (set but empty, as templated deployments often leave it) means no key, not "" as the key
         return value if value is not None and value.get_secret_value().strip() else None
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _usable_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # set but empty: no secret, as with GNOSIS_API_KEY
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("GNOSIS_WEBHOOK_SECRET must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        # "hooks.internal, 10.0.0.7, [fd00::1]": host names lower-case, IPv6 literals without brackets
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        hosts = (str(item).strip().lower().strip("[]").rstrip(".") for item in items)
+        return tuple(host for host in hosts if host)
+
+    @field_validator("engine_plugins", mode="before")
+    @classmethod
+    def _plugins(cls, value: object) -> object:
+        from gnosis_ocr.engines.plugins import parse_plugins
+
+        return parse_plugins(value, get_args(EngineName)) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _known_engine(self) -> Settings:
+        if self.engine not in get_args(EngineName) and self.engine not in self.engine_plugins:
+            plugins = f"; plugins: {', '.join(self.engine_plugins)}" if self.engine_plugins else ""
+            raise ValueError(
+                f"GNOSIS_ENGINE={self.engine[:40]!r} is not an engine: use one of {', '.join(get_args(EngineName))}"
+                f"{plugins} (GNOSIS_ENGINE_PLUGINS adds others)"
+            )
+        return self
 
     @field_validator("allowed_origins", "allowed_hosts", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ import uvicorn
 from gnosis_ocr.api import create_app
 from gnosis_ocr.settings import Settings
 from tests.conftest import REPO
+from tests.support.fakeengine import FakeEngineSettings
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens on the discard port
 T = TypeVar("T")
@@ -37,7 +38,7 @@ def make_settings(cache_root: Path, endpoint: str = UNREACHABLE, **overrides: An
         "vlm_loop_guard": False,  # 8 tokens of a random model always stop at max tokens: no loop to guard here
         **overrides,
     }
-    return Settings(**values)
+    return FakeEngineSettings(**values)  # Settings, plus the fake engine's delay (tests/support/fakeengine.py)
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:

@@ -15,7 +15,6 @@ from PIL import Image
 
 from gnosis_ocr.documents.model import Page
 from gnosis_ocr.engines.base import GREEDY, Decoding, Engine, EngineInfo, PageText
-from gnosis_ocr.engines.fake import FakeEngine
 from gnosis_ocr.jobs.record import valid_job_id
 from gnosis_ocr.modelcache import ModelCache
 from gnosis_ocr.settings import Settings
@@ -23,6 +22,7 @@ from tests.api.conftest import Live, make_settings, wait_for
 from tests.api.jobclient import events, submit, upload, wait_finished
 from tests.conftest import REPO
 from tests.documents import make
+from tests.support.fakeengine import FakeEngine
 from tests.support.hubserver import LocalHub
 
 PAGES = [["Invoice 2026-17", "Total: 42 EUR"], ["Second page", "Terms apply"], ["Third page"]]

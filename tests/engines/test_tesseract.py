@@ -16,8 +16,8 @@ from PIL import Image
 from gnosis_ocr.documents.model import Page
 from gnosis_ocr.engines.base import Engine
 from gnosis_ocr.engines.tesseract import TesseractEngine, find_tessdata
-from gnosis_ocr.engines.tesseract_worker import CRASH_MARKER_ENV, CRASH_MARKER_PIXELS
 from gnosis_ocr.errors import ConfigError, EngineUnavailableError
+from tests.support.tesseractfaults import FAULT_ENV, marked, worker_env
 from tests.support.textpages import PROSE, render_page, scan_like, text_pdf, word_f1
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -42,13 +42,6 @@ def _page(pages_dir: Path, name: str, **options: object) -> tuple[Image.Image, s
 def _small_page(pages_dir: Path, name: str, text: str) -> Image.Image:
     pdf = text_pdf(pages_dir / f"{name}.pdf", (text,), size=12, pagesize=(320.0, 140.0))
     return render_page(pdf, target_pixels=400_000)[0]
-
-
-def _marked(image: Image.Image) -> Image.Image:
-    marked = image.copy()
-    for x, pixel in enumerate(CRASH_MARKER_PIXELS):
-        marked.putpixel((x, 0), pixel)
-    return marked
 
 
 def test_engine_satisfies_the_protocol(engine: TesseractEngine) -> None:
@@ -161,10 +154,12 @@ def test_no_pages_is_no_results(engine: TesseractEngine) -> None:
 def test_a_native_crash_costs_one_page(
     pages_dir: Path, monkeypatch: pytest.MonkeyPatch, fault: str, signal_text: str
 ) -> None:
-    # The fault-injection seam: read by each worker process at start, triggered by the page's own pixels.
-    monkeypatch.setenv(CRASH_MARKER_ENV, fault)
+    # The fault is injected into tesserocr inside each worker process (a test-only sitecustomize), triggered by the
+    # page's own pixels: the production worker has no switch for it.
+    for name, value in worker_env(fault).items():
+        monkeypatch.setenv(name, value)
     good = _small_page(pages_dir, "good", "Bright lanterns guide ships home.")
-    pages = [Page(1, good), Page(2, _marked(good)), Page(3, good), Page(4, good), Page(5, good)]
+    pages = [Page(1, good), Page(2, marked(good)), Page(3, good), Page(4, good), Page(5, good)]
 
     with TesseractEngine(workers=2) as engine:
         before = set(engine.worker_pids)
@@ -186,11 +181,12 @@ def test_a_native_crash_costs_one_page(
 
 @pytest.mark.slow
 def test_a_page_that_hangs_times_out_and_the_rest_complete(pages_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CRASH_MARKER_ENV, "hang")
+    for name, value in worker_env("hang").items():
+        monkeypatch.setenv(name, value)
     good = _small_page(pages_dir, "good", "Bright lanterns guide ships home.")
 
     with TesseractEngine(workers=2, page_timeout=2.0) as engine:
-        results = engine.recognize([Page(1, good), Page(2, _marked(good)), Page(3, good)])
+        results = engine.recognize([Page(1, good), Page(2, marked(good)), Page(3, good)])
 
     assert results[1].error == "the OCR engine did not finish this page within 2 s and was stopped"
     assert 2.0 <= results[1].seconds < 10.0
@@ -198,10 +194,10 @@ def test_a_page_that_hangs_times_out_and_the_rest_complete(pages_dir: Path, monk
 
 
 def test_the_marker_does_nothing_without_the_test_variable(pages_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(CRASH_MARKER_ENV, raising=False)
+    monkeypatch.delenv(FAULT_ENV, raising=False)
     good = _small_page(pages_dir, "good", "Bright lanterns guide ships home.")
     with TesseractEngine(workers=1) as engine:
-        [result] = engine.recognize([Page(1, _marked(good))])
+        [result] = engine.recognize([Page(1, marked(good))])
     assert result.ok
     assert result.markdown == "Bright lanterns guide ships home."
 

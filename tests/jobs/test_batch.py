@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from gnosis_ocr.documents.model import DocumentLimits
-from gnosis_ocr.engines.fake import FakeEngine
 from gnosis_ocr.errors import ConfigError
 from gnosis_ocr.jobs.batch import (
     BatchReport,
@@ -26,6 +25,7 @@ from gnosis_ocr.jobs.batch import (
 )
 from gnosis_ocr.jobs.pipeline import OcrOptions
 from tests.documents import make
+from tests.support.fakeengine import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = OcrOptions(text_layer="never", limits=DocumentLimits(target_pixels=120_000, min_long_side=256))

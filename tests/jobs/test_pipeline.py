@@ -9,11 +9,11 @@ from PIL import Image
 
 from gnosis_ocr.documents.model import DocumentLimits
 from gnosis_ocr.engines.base import EngineInfo
-from gnosis_ocr.engines.fake import FakeEngine
 from gnosis_ocr.errors import ConfigError, EncryptedDocumentError
 from gnosis_ocr.jobs.pipeline import OcrOptions, ocr_document, usable_text_layer
 from gnosis_ocr.jobs.results import PageResult
 from tests.documents import make
+from tests.support.fakeengine import FakeEngine
 
 TEXT = [
     ["Page one says hello to the reader of this test."],

@@ -12,11 +12,11 @@ from PIL import Image
 
 from gnosis_ocr.documents.model import Page, PageError
 from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText
-from gnosis_ocr.engines.fake import FakeEngine
 from gnosis_ocr.engines.feeder import BatchFeeder
 from gnosis_ocr.jobs.reading import ReadPolicy, Stop, read_pages
 from gnosis_ocr.jobs.results import PageResult
 from gnosis_ocr.jobs.slots import FairSlots
+from tests.support.fakeengine import FakeEngine
 
 LOOP = "the same line again\n" * 200
 

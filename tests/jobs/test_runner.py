@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from gnosis_ocr.api.job_views import JobViews
-from gnosis_ocr.engines.fake import FakeEngine
 from gnosis_ocr.jobs.record import DocumentEntry, JobRecord, PageEntry, new_job_id
 from gnosis_ocr.jobs.runner import JobRunner, RunnerOptions
 from gnosis_ocr.jobs.store import JobStore
 from gnosis_ocr.settings import Settings
 from tests.documents import make
+from tests.support.fakeengine import FakeEngine
 
 
 class _Engines:

@@ -1,6 +1,6 @@
 """The service's engines: the default one chosen and loaded at start-up in the background, others on first use.
 
-No FastAPI here. ``auto`` picks the VLM where a CUDA GPU is (and the model is complete or may be warmed), else
+No FastAPI here. ``auto`` picks the VLM where a CUDA GPU is and the model is complete in the cache, else
 tesseract, and says why. With the VLM as default, the model service resolves the model first (warming it when the
 cache policy allows) and the engine loads from the resolved snapshot; with tesseract the model is left alone, so
 a CPU box does not download a VLM that nobody asked for (POST /api/v1/cache/warm still fills the cache).
@@ -26,11 +26,11 @@ from gnosis_ocr.settings import EngineName, Settings
 logger = logging.getLogger(__name__)
 
 EngineState = Literal["choosing", "waiting for the model", "loading", "ready", "failed", "stopped"]
-Factory = Callable[[Settings, ModelCache, EngineName], Engine | StreamingEngine]
+Factory = Callable[[Settings, ModelCache, str], Engine | StreamingEngine]
 PUBLIC_ENGINES: tuple[EngineName, ...] = ("auto", "vlm", "nanonets", "tesseract")  # nanonets: vlm's older name
 
 
-def canonical(name: EngineName) -> EngineName:
+def canonical(name: str) -> str:
     return "vlm" if name == "nanonets" else name
 
 
@@ -72,8 +72,10 @@ class EngineService:
 
     @property
     def choices(self) -> tuple[str, ...]:
-        """Engine names an upload may ask for (``fake`` only on a server started with GNOSIS_ENGINE=fake)."""
-        return (*PUBLIC_ENGINES, "fake") if self.settings.engine == "fake" else PUBLIC_ENGINES
+        """Engine names an upload may ask for (``remote`` where GNOSIS_VLM_URL names a server; the operator's
+        plugins, GNOSIS_ENGINE_PLUGINS)."""
+        remote: tuple[EngineName, ...] = ("remote",) if self.settings.vlm_url else ()
+        return (*PUBLIC_ENGINES, *remote, *self.settings.engine_plugins)
 
     def status(self) -> EngineStatus:
         with self._lock:
@@ -117,14 +119,14 @@ class EngineService:
         finally:
             self._settled.set()
 
-    def _choose(self) -> tuple[EngineName, str]:
+    def _choose(self) -> tuple[str, str]:
         wanted = self.settings.engine
         if wanted == "auto":
             name, reason = choose_engine(self.settings, self.cache)
             return canonical(name), f"auto: {reason}"
         return canonical(wanted), f"GNOSIS_ENGINE={wanted}"
 
-    def _load(self, name: EngineName) -> StreamingEngine:
+    def _load(self, name: str) -> StreamingEngine:
         name = canonical(name)
         with self._load_lock:
             engine = self._engines.get(name)
@@ -139,7 +141,7 @@ class EngineService:
                 self._metrics.engine_loaded(engine.info)
             return engine
 
-    def _build(self, name: EngineName) -> StreamingEngine:
+    def _build(self, name: str) -> StreamingEngine:
         if self._factory is not None:
             return streaming(self._factory(self.settings, self.cache, name))
         resolved = self._model_for_a_job() if name == "vlm" else None
@@ -179,7 +181,7 @@ class EngineService:
                     hint="GET /readyz says what the server is waiting for.",
                 )
             name = status.name
-        return self._load(name)  # type: ignore[arg-type]
+        return self._load(name)
 
     def _model_failure(self) -> str | None:
         """Why the default engine's model cannot arrive without an operator (None while it still may)."""
@@ -193,7 +195,7 @@ class EngineService:
 
     def loaded(self, name: str) -> StreamingEngine | None:
         """The engine ``name`` if it is loaded already (never loads, never blocks on a load)."""
-        return self._engines.get(canonical(name))  # type: ignore[arg-type]
+        return self._engines.get(canonical(name))
 
     def close(self, timeout: float = 5.0) -> None:
         self._stopping.set()

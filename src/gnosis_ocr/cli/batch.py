@@ -212,7 +212,7 @@ def batch(
     # no engine at all when everything is done; otherwise created once, started by its first page
     chosen = None
     if plan.todo:
-        chosen = engine_from_settings(settings, cache_from_settings(settings), engine.value if engine else None)
+        chosen = engine_from_settings(settings, cache_from_settings(settings), engine)
         print_engine(err, chosen.info)
     try:
         with count_bars(err) as bars:

@@ -1,7 +1,8 @@
 """PAGES -> TEXT. Engines are chosen by name; ``auto`` picks the VLM where it can run well and says why.
 
 The VLM (``vlm``; ``nanonets`` is its older name) runs on one of two backends: vLLM (continuous batching, GPU) or
-transformers (CPU, and the fallback), with the model profile of ``engines.profiles``.
+transformers (CPU, and the fallback), with the model profile of ``engines.profiles``. ``remote`` reads pages with
+the same profiles on an OpenAI-compatible server elsewhere (``engines.remote``: a vLLM pool).
 
 Importing this package imports neither torch nor tesserocr; engines import them in ``load``.
 """
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from gnosis_ocr.engines.base import Decoding, Engine, EngineInfo, PageText, StreamingEngine
 from gnosis_ocr.engines.feeder import streaming, with_reason
-from gnosis_ocr.errors import EngineUnavailableError
+from gnosis_ocr.errors import ConfigError, EngineUnavailableError
 
 if TYPE_CHECKING:
     from gnosis_ocr.engines.profiles import ModelProfile
@@ -47,7 +48,10 @@ def gpu_available() -> bool:
 
 
 def choose_engine(settings: Settings, cache: ModelCache) -> tuple[EngineName, str]:
-    """(engine name, reason) for ``auto``: the VLM with a GPU and a complete or warmable model, else tesseract."""
+    """(engine name, reason) for ``auto``: the VLM with a GPU and the model complete in the cache, else tesseract.
+
+    ``auto`` takes what is ready and never starts a download: a model of several GB comes only when someone asks for
+    it (``gnosis-ocr cache warm``, or the VLM named with ``--engine vlm`` / ``GNOSIS_ENGINE=vlm``)."""
     if not gpu_available():
         return (
             "tesseract",
@@ -58,12 +62,10 @@ def choose_engine(settings: Settings, cache: ModelCache) -> tuple[EngineName, st
     report = cache.status(settings.model_name, settings.model_revision)
     if report.complete:
         return "vlm", f"GPU and a complete cached {settings.model_name}@{(report.commit or '')[:7]}"
-    if settings.cache_mode == "offline":
-        return "tesseract", (
-            f"a GPU is here but {settings.model_name} is {report.state} in the cache and "
-            "GNOSIS_CACHE_MODE=offline forbids downloading it"
-        )
-    return "vlm", f"GPU; {settings.model_name} is {report.state} in the cache and will be warmed first"
+    return "tesseract", (
+        f"a GPU is here but {settings.model_name} is {report.state} in the cache, and auto does not download it; "
+        f"run `gnosis-ocr cache warm {settings.model_name}` (or choose --engine vlm) to use the VLM"
+    )
 
 
 def choose_backend(settings: Settings) -> tuple[VlmBackend, str]:
@@ -78,11 +80,11 @@ def choose_backend(settings: Settings) -> tuple[VlmBackend, str]:
 
 
 def engine_from_settings(
-    settings: Settings, cache: ModelCache, name: EngineName | None = None, *, resolved: ResolvedModel | None = None
+    settings: Settings, cache: ModelCache, name: str | None = None, *, resolved: ResolvedModel | None = None
 ) -> StreamingEngine:
     """The engine ``name`` (default: GNOSIS_ENGINE) configured from settings, as a streaming engine (not loaded
-    yet); ``auto`` resolved here. ``resolved``: the model snapshot, when the caller has resolved it already (the
-    VLM then loads it as it is)."""
+    yet): a built-in one or a plugin (``engines.plugins``); ``auto`` resolved here. ``resolved``: the model
+    snapshot, when the caller has resolved it already (the VLM then loads it as it is)."""
     wanted = name or settings.engine
     reason = None
     if wanted == "auto":
@@ -97,18 +99,67 @@ def engine_from_settings(
         logger.info("VLM backend: %s (%s); profile %s", backend, why, profile.name)
         reason = f"{reason}; {backend}: {why}" if reason else None
         engine = _vlm(settings, cache, backend, profile, resolved)
+    elif wanted == "remote":
+        engine = remote_from_settings(settings)
     elif wanted == "tesseract":
         from gnosis_ocr.engines.tesseract import TesseractEngine
 
         engine = TesseractEngine(settings.tesseract_lang, workers=settings.ocr_workers)
-    elif wanted == "fake":
-        from gnosis_ocr.engines.fake import FakeEngine
+    elif wanted == "layout":
+        from gnosis_ocr.engines.layout import LayoutEngine
 
-        engine = FakeEngine(delay=settings.fake_engine_delay, batch_size=settings.vlm_batch_size or 4)
-    else:  # pragma: no cover - Literal keeps this unreachable
-        raise EngineUnavailableError(f"Unknown engine {wanted!r}.", hint="Use auto, vlm or tesseract.")
+        engine = LayoutEngine(
+            settings.tesseract_lang,
+            workers=settings.ocr_workers,
+            keep_furniture=settings.keep_furniture,
+            model=settings.layout_model,
+        )
+    elif wanted in settings.engine_plugins:
+        from gnosis_ocr.engines.plugins import plugin_engine
+
+        engine = plugin_engine(settings, wanted)
+    else:
+        from gnosis_ocr.settings import EngineName as Builtin
+
+        raise ConfigError(
+            f"Unknown engine {wanted[:40]!r}.",
+            hint=f"Use one of: {', '.join((*get_args(Builtin), *settings.engine_plugins))} "
+            "(GNOSIS_ENGINE_PLUGINS adds engines).",
+        )
     streamed = streaming(engine)
     return with_reason(streamed, reason) if reason else streamed
+
+
+def remote_from_settings(settings: Settings) -> StreamingEngine:
+    """The remote engine (GNOSIS_ENGINE=remote) on GNOSIS_VLM_URL with the model profile of MODEL_NAME."""
+    from gnosis_ocr.engines.profiles import profile_for
+    from gnosis_ocr.engines.remote import RemoteEngine
+
+    if not settings.vlm_url:
+        raise EngineUnavailableError(
+            "GNOSIS_ENGINE=remote needs the model server's address, and GNOSIS_VLM_URL is not set.",
+            hint="Set GNOSIS_VLM_URL to its OpenAI-compatible base URL, e.g. http://vlm-host:8000/v1.",
+        )
+    profile = profile_for(settings.model_name, settings.vlm_profile)
+    model = settings.vlm_served_model
+    if model is None:  # the model the profile is for: MODEL_NAME where the profile lists it
+        listed = settings.model_name.lower() in (m.lower() for m in profile.models)
+        model = settings.model_name if listed or not profile.models else profile.models[0]
+    key = settings.vlm_api_key.get_secret_value() if settings.vlm_api_key is not None else None
+    return RemoteEngine(
+        settings.vlm_url,
+        model=model,
+        profile=profile,
+        api_key=key,
+        capacity=settings.vlm_concurrency,
+        connect_timeout=settings.vlm_connect_timeout,
+        read_timeout=settings.vlm_read_timeout,
+        tries=settings.vlm_tries,
+        startup_wait=settings.vlm_startup_wait_seconds,
+        max_pixels=settings.vlm_max_pixels,
+        max_tokens=settings.vlm_max_new_tokens,
+        image_format=settings.vlm_image_format,
+    )
 
 
 def _vlm(

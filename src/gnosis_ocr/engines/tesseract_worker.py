@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, TypedDict
@@ -36,16 +35,6 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
     from PIL import Image
-
-# Test-only fault injection. When the worker process starts with GNOSIS_TEST_CRASH_MARKER set to one of FAULTS, a
-# page whose first pixels (top row, left) are exactly CRASH_MARKER_PIXELS makes that worker fail natively in that
-# way, as tesseract does on some noisy scans. The variable is read once, in ``start_worker`` inside the worker
-# process, and nowhere else; without it the marker pixels are just pixels, so no document can trigger a fault in
-# production. Tests use it to prove that a native crash or a hang costs one page and nothing more.
-CRASH_MARKER_ENV = "GNOSIS_TEST_CRASH_MARKER"
-CRASH_MARKER_PIXELS: tuple[tuple[int, int, int], ...] = ((222, 173, 190), (239, 11, 173), (192, 255, 238), (94, 237, 1))
-FAULTS = ("abort", "segv", "hang", "exit")
-_MARKER_BYTES = bytes(channel for pixel in CRASH_MARKER_PIXELS for channel in pixel)
 
 # Orientation policy, tuned on rendered pages (see the module docstring).
 UPRIGHT_MIN_CONFIDENCE = 70.0  # mean word confidence above which a first reading is taken as upright
@@ -130,28 +119,22 @@ def start_worker(config: WorkerConfig) -> PageReader:
     # tesseract built with OpenMP would start a thread team per process and oversubscribe the cores we already
     # fill with processes. (The tesserocr 2.13 wheels link no OpenMP, so today this is only a guard.)
     os.environ["OMP_THREAD_LIMIT"] = "1"
-    fault = os.environ.get(CRASH_MARKER_ENV) or None
-    if fault is not None and fault not in FAULTS:
-        raise ValueError(f"{CRASH_MARKER_ENV}={fault!r} is not one of {', '.join(FAULTS)}")
     tesserocr = importlib.import_module("tesserocr")
     api: _Api = tesserocr.PyTessBaseAPI(
         path=config.tessdata.rstrip("/") + "/", lang=config.languages, psm=config.psm, oem=config.oem
     )
-    return PageReader(api, config, fault)
+    return PageReader(api, config)
 
 
 class PageReader:
     """Reads one page at a time with one tesserocr API (the handler the pool calls in the worker)."""
 
-    def __init__(self, api: _Api, config: WorkerConfig, fault: str | None) -> None:
+    def __init__(self, api: _Api, config: WorkerConfig) -> None:
         self._api = api
         self._config = config
-        self._fault = fault
 
     def __call__(self, task: PageTask) -> PageReading:
         started = time.perf_counter()
-        if self._fault is not None and task.pixels.startswith(_MARKER_BYTES):
-            _inject(self._fault)
         from PIL import Image
 
         image = Image.frombytes(task.mode, task.size, task.pixels)
@@ -359,15 +342,3 @@ def _score(reading: PageReading) -> float:
 
 def _with_orientation(reading: PageReading, rotation: int, margin: float) -> PageReading:
     return replace(reading, rotation=rotation, orientation_confidence=round(margin, 1))
-
-
-def _inject(fault: str) -> None:
-    """Fail the way native code fails (see CRASH_MARKER_ENV)."""
-    if fault == "abort":
-        os.abort()
-    if fault == "segv":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if fault == "exit":
-        os._exit(3)
-    while fault == "hang":
-        time.sleep(3600)

@@ -48,10 +48,19 @@ class JobSink:
         entry = self._entries.get(page.number)
         if entry is None:
             return
+        # a missing image must not fail the page, but why it is missing must be seen
         try:
-            self._runner.store.put_image(self._record.id, entry.n, display_image(page))
-        except Exception as exc:  # a missing image must not fail the page
-            logger.warning("job %s page %d: image not stored: %s", self._record.id, entry.n, exc)
+            data = display_image(page)
+        except Exception:  # the encoder refused the page (a bug of ours or PIL's): the traceback is the lead
+            logger.exception("job %s page %d: page image not encoded; kept without it", self._record.id, entry.n)
+            return
+        try:
+            self._runner.store.put_image(self._record.id, entry.n, data)
+        except OSError as exc:  # the storage refused it (full, a bucket failing): its message says why
+            logger.warning("job %s page %d: page image not stored: %s", self._record.id, entry.n, exc)
+            return
+        except Exception:  # anything else from the storage library: with its traceback
+            logger.exception("job %s page %d: page image not stored", self._record.id, entry.n)
             return
         with self._runner.table.changing(self._record.id):
             entry.image = True

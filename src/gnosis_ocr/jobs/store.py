@@ -40,13 +40,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from gnosis_ocr.conditional import ABSENT, PreconditionFailed, put_if, read_versioned, store_kind
-from gnosis_ocr.errors import ConfigError, JobOwnershipLostError
+from gnosis_ocr.errors import ConfigError, JobOwnershipLostError, JobRecordUnreadableError
 from gnosis_ocr.jobs.record import JobRecord, valid_job_id
 from gnosis_ocr.modelcache.fsutil import atomic_write_bytes
 
@@ -178,6 +179,8 @@ class JobStore:
         raise self._lost(record.id, expect)
 
     def load(self, job_id: str) -> JobRecord | None:
+        """The stored record; None when there is none. JobRecordUnreadableError when ``job.json`` is there but
+        cannot be read: such a job neither vanishes nor counts as absent (see ``record_age``)."""
         if not valid_job_id(job_id):
             return None
         data = self._read(self._record_path(job_id))
@@ -197,8 +200,7 @@ class JobStore:
         read = self._read_versioned(self._record_path(job_id))
         if read is None:
             return None
-        record = _parse_record(job_id, read[0])
-        return None if record is None else (record, read[1])
+        return _parse_record(job_id, read[0]), read[1]
 
     # -- conditional writes ------------------------------------------------------------------------------
 
@@ -266,6 +268,20 @@ class JobStore:
             f"GNOSIS_STORAGE={self.url!r} has no conditional writes here, so job ownership cannot be decided.",
             hint="Use a local folder (one instance), gs://bucket/prefix or s3://bucket/prefix.",
         )
+
+    def record_age(self, job_id: str) -> float | None:
+        """Seconds since ``job.json`` was last written (None: no record, or a store that cannot say): how the
+        sweep ages a record it cannot read."""
+        path = self._record_path(job_id)
+        try:
+            if self.local:
+                return max(0.0, time.time() - Path(path).stat().st_mtime)
+            modified: datetime = self.fs.modified(path)
+        except (FileNotFoundError, NotImplementedError):
+            return None
+        if modified.tzinfo is None:  # fsspec's local and some remote filesystems answer naive UTC
+            modified = modified.replace(tzinfo=UTC)
+        return max(0.0, time.time() - modified.timestamp())
 
     def job_ids(self) -> list[str]:
         try:
@@ -361,12 +377,22 @@ def _store_kind(fs: Any, local: bool) -> Literal["local", "gcs", "s3"] | None:
     return "local" if local else store_kind(fs)
 
 
-def _parse_record(job_id: str, data: bytes) -> JobRecord | None:
+def _parse_record(job_id: str, data: bytes) -> JobRecord:
+    """The record in ``data``; JobRecordUnreadableError when it is not one this version reads. The bytes stay where
+    they are: a newer instance sharing the storage may have written them, and only it may change them."""
     try:
         return JobRecord.model_validate_json(data)
     except ValidationError as exc:
-        logger.warning("job %s: unreadable job.json (%s); ignoring it", job_id, exc.error_count())
-        return None
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the document"
+        raise JobRecordUnreadableError(
+            f"Job {job_id}'s record (job.json, {len(data)} bytes) cannot be read by this version of gnosis-ocr: "
+            f"{exc.error_count()} problem(s), first at {where}: {first['msg']}. It was written by another version, "
+            "or it is damaged; it is kept as it is.",
+            job_id=job_id,
+            hint=f"Serve it with the version that wrote it, or remove it with DELETE /api/v1/jobs/{job_id}; the "
+            "retention sweep removes it once it is older than GNOSIS_JOB_TTL_SECONDS.",
+        ) from exc
 
 
 def _local_token(st: os.stat_result) -> str:

@@ -37,6 +37,9 @@ __all__ = [
 
 def cache_from_settings(settings: Settings, metrics: CacheMetrics | None = None) -> ModelCache:
     """The one place that turns Settings into a ModelCache (entry points call it)."""
+    from gnosis_ocr.modelcache.mounts import cache_bucket
+
+    bucket = cache_bucket(settings.cache_bucket, settings.cache_root)  # the setting, else the mount table's
     return ModelCache(
         settings.cache_root,
         endpoint=settings.hf_endpoint,
@@ -45,7 +48,8 @@ def cache_from_settings(settings: Settings, metrics: CacheMetrics | None = None)
             workers=settings.cache_download_workers,
             lease_ttl=settings.cache_lease_ttl,
             lease_wait=settings.cache_lease_wait,
-            lease_bucket=settings.cache_bucket,
+            lease_bucket=bucket,
+            lease_bucket_found=settings.cache_bucket is None and bucket is not None,
         ),
         metrics=metrics,
         strict_offline=settings.strict_offline,

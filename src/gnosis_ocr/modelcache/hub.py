@@ -2,6 +2,11 @@
 
 Only ``warm`` (and ``refresh``) come here; a complete cache never does. huggingface_hub is imported lazily so
 that the process environment (offline flags, telemetry off) is settled before it reads its constants.
+
+Errors are wrapped at this seam and nowhere else: what the hub, a proxy or the network did (an HTTP error answer,
+a refused, reset or cut connection, a timeout) becomes a ``HubError`` ``from`` the library's exception; anything
+else raised while talking to the hub (a TypeError, a KeyError: a bug, ours or the library's) propagates as it is,
+with its traceback, and is never retried. ``retryable`` says which HubErrors another attempt may cure.
 """
 
 from __future__ import annotations
@@ -19,6 +24,30 @@ from gnosis_ocr.modelcache.layout import is_commit, safe_relpath
 logger = logging.getLogger(__name__)
 
 STREAM_CHUNK = 1024 * 1024
+RETRY_STATUSES = frozenset({408, 429})  # and every 5xx: the server or a proxy may answer differently next time
+
+
+def hub_failures() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the hub, a proxy or the network failed": huggingface_hub's HTTP errors, its HTTP
+    client's transport errors (huggingface_hub 2.x talks through httpx2) and OSError from the socket below
+    (refused, reset, timed out, TLS)."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (HfHubHTTPError, httpx2.HTTPError, OSError)
+
+
+def retryable(exc: HubError) -> bool:
+    """Whether another attempt may cure ``exc``: a transport failure (nothing or a cut answer came back) or an
+    answer of 408, 429 or 5xx. Other answers (401, 403, 404, 416) and our own findings (a range ignored) say the
+    same thing again, so they are not retried."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    cause = exc.__cause__
+    if isinstance(cause, HfHubHTTPError):
+        status = cause.response.status_code
+        return status in RETRY_STATUSES or status >= 500
+    return cause is not None and isinstance(cause, hub_failures())
 
 
 @dataclass(frozen=True)
@@ -59,7 +88,7 @@ class HubClient:
         api = HfApi(endpoint=self.endpoint, token=self._token or False)
         try:
             info = api.model_info(repo_id, revision=revision, files_metadata=True, timeout=self._timeout)
-        except Exception as exc:
+        except hub_failures() as exc:
             raise self._wrap(exc, repo_id, revision) from exc
         commit = info.sha
         if commit is None or not is_commit(commit):
@@ -83,7 +112,9 @@ class HubClient:
 
     @contextlib.contextmanager
     def open_stream(self, repo_id: str, commit: str, path: str, offset: int = 0) -> Iterator[Iterator[bytes]]:
-        """Body chunks of one file from ``offset`` on; HubError on any HTTP or transport failure."""
+        """Body chunks of one file from ``offset`` on; HubError on an HTTP or transport failure, while connecting
+        or while the body arrives. What the caller raises while it holds the stream (a full disk, a bug) comes out
+        unchanged: only the hub's failures are the hub's."""
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils._headers import build_hf_headers
         from huggingface_hub.utils._http import get_session, hf_raise_for_status
@@ -92,15 +123,23 @@ class HubClient:
         headers = build_hf_headers(token=self._token or False)
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        try:
-            with get_session().stream("GET", url, headers=headers, timeout=self._timeout) as response:
+        failures = hub_failures()
+        with contextlib.ExitStack() as stack:
+            try:
+                response = stack.enter_context(get_session().stream("GET", url, headers=headers, timeout=self._timeout))
                 hf_raise_for_status(response)
-                if offset and response.status_code != 206:
-                    raise HubError(f"The hub at {self.endpoint} ignored a range request for {path}.")
-                yield _body(response)
-        except HubError:
-            raise
-        except Exception as exc:
+            except failures as exc:
+                raise self._wrap(exc, repo_id, commit, path) from exc
+            if offset and response.status_code != 206:
+                raise HubError(f"The hub at {self.endpoint} ignored a range request for {path}.")
+            yield self._body(response, repo_id, commit, path, failures)
+
+    def _body(
+        self, response: Any, repo_id: str, commit: str, path: str, failures: tuple[type[BaseException], ...]
+    ) -> Iterator[bytes]:
+        try:
+            yield from response.iter_bytes()  # as it arrives, so a cut connection keeps what came
+        except failures as exc:
             raise self._wrap(exc, repo_id, commit, path) from exc
 
     def with_retries(self, what: str) -> Iterator[int]:
@@ -112,7 +151,7 @@ class HubClient:
                 time.sleep(delay)
             yield attempt
 
-    def _wrap(self, exc: Exception, repo_id: str, revision: str, path: str | None = None) -> HubError:
+    def _wrap(self, exc: BaseException, repo_id: str, revision: str, path: str | None = None) -> HubError:
         from huggingface_hub.errors import (
             GatedRepoError,
             RemoteEntryNotFoundError,
@@ -145,7 +184,3 @@ class HubClient:
             f"{type(exc).__name__}: {str(exc).rstrip('.')}.",
             hint="Check the network and HF_ENDPOINT. A cache that is already complete needs no network.",
         )
-
-
-def _body(response: Any) -> Iterator[bytes]:
-    yield from response.iter_bytes()  # as it arrives, so a cut connection keeps what came

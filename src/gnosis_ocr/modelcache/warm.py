@@ -10,22 +10,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gnosis_ocr.errors import CacheCorruptError, HubError, RepoNotFoundError, RevisionNotFoundError
-from gnosis_ocr.modelcache.fsutil import atomic_write_bytes, ensure_dir, temp_path, write_error
+from gnosis_ocr.errors import CacheCorruptError, ConfigError, HubError
+from gnosis_ocr.modelcache.fsutil import atomic_write_bytes, atomic_writer, ensure_dir
 from gnosis_ocr.modelcache.hashing import CHUNK, GitBlobHasher
-from gnosis_ocr.modelcache.hub import HubClient, RemoteFile, RemoteSnapshot
+from gnosis_ocr.modelcache.hub import HubClient, RemoteFile, RemoteSnapshot, retryable
 from gnosis_ocr.modelcache.layout import RepoLayout, is_commit
 from gnosis_ocr.modelcache.lease import LeaseInfo, writer_lease
 from gnosis_ocr.modelcache.manifest import Manifest, ManifestFile, new_manifest, write_manifest
 from gnosis_ocr.modelcache.metrics import CacheMetrics
-from gnosis_ocr.modelcache.objectlease import object_lease
+from gnosis_ocr.modelcache.objectlease import ObjectLease, object_lease
 from gnosis_ocr.modelcache.status import inspect_snapshot, list_snapshot, read_ref
 
 logger = logging.getLogger(__name__)
@@ -70,6 +69,7 @@ class WarmOptions:
     lease_ttl: float = 60.0
     lease_wait: float = 1800.0
     lease_bucket: str | None = None  # gs://bucket/prefix behind the cache root: the lease is an object there
+    lease_bucket_found: bool = False  # lease_bucket came from the mount table, not GNOSIS_CACHE_BUCKET
 
 
 def write_ref(layout: RepoLayout, revision: str, commit: str) -> None:
@@ -124,11 +124,7 @@ def warm_snapshot(
         logger.info("%s: %s is downloading; waiting for it", layout.repo_id, who)
 
     ensure_dir(layout.meta_dir)
-    bucket_lease = (
-        object_lease(options.lease_bucket, layout.root, layout.lease_path, options.lease_ttl)
-        if options.lease_bucket
-        else None
-    )
+    bucket_lease = _bucket_lease(layout, options)
     with writer_lease(
         layout.lease_path,
         ttl=options.lease_ttl,
@@ -151,7 +147,11 @@ def warm_snapshot(
 
         fetcher = _Fetcher(layout, remote, hub, metrics, progress)
         with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="warm") as pool:
-            results = list(pool.map(fetcher.fetch, remote.files))
+            try:
+                results = list(pool.map(fetcher.fetch, remote.files))
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # the first failure ends the warm: start no further file
+                raise
         entries = [entry for entry, _ in results]
         downloaded = [f for (_, fetched), f in zip(results, remote.files, strict=True) if fetched]
 
@@ -169,6 +169,28 @@ def warm_snapshot(
             len(entries) - len(downloaded),
         )
         return finished(len(downloaded), nbytes, len(entries) - len(downloaded), outcome != "acquired")
+
+
+def _bucket_lease(layout: RepoLayout, options: WarmOptions) -> ObjectLease | None:
+    """The object lease in the bucket behind the cache root, if one is known. A bucket the operator named must
+    open (a typo is a ConfigError); one found in the mount table that cannot be opened here (gcsfs or s3fs not
+    installed) falls back to the file lease: correctness never depends on the lease. Store errors later (no
+    credentials, EIO) are the lease's own to handle: logged once, never fatal."""
+    if not options.lease_bucket:
+        return None
+    try:
+        return object_lease(options.lease_bucket, layout.root, layout.lease_path, options.lease_ttl)
+    except ConfigError as exc:  # open_bucket: no gcsfs / s3fs here, or options it refuses
+        if not options.lease_bucket_found:
+            raise
+        logger.warning(
+            "%s: the bucket %s (from the mount table) cannot be opened for the download lease: %s Using the file "
+            "lease; set GNOSIS_CACHE_BUCKET to choose.",
+            layout.repo_id,
+            options.lease_bucket,
+            exc.message,
+        )
+        return None
 
 
 def remove_unlisted(layout: RepoLayout, manifest: Manifest) -> list[str]:
@@ -226,52 +248,42 @@ class _Fetcher:
         return sha if _matches(rf, sha, blob) else None
 
     def _download(self, dest: Path, rf: RemoteFile) -> str:
-        tmp = temp_path(dest)
+        """Stream ``rf`` into ``dest`` through the one atomic writer (temp file, fsync, rename; the temp file is
+        removed on any failure). A failure another attempt may cure (``retryable``) resumes with a range request
+        where the bytes stopped; any other error, a bug of ours included, ends the download at once."""
         what = f"{self.remote.repo_id}/{rf.path}"
-        try:
-            fh = tmp.open("wb")
-        except OSError as exc:
-            raise write_error(exc, dest) from exc
-        try:
-            with fh:
-                sha = hashlib.sha256()
-                # LFS files are checked by sha256; the git blob sha1 is only needed for small files
-                blob = GitBlobHasher(rf.size) if rf.sha256 is None else None
-                written = 0
-                last_error: Exception | None = None
-                for _attempt in self.hub.with_retries(what):
-                    try:
-                        with self.hub.open_stream(self.remote.repo_id, self.remote.commit, rf.path, written) as chunks:
-                            for chunk in chunks:
-                                fh.write(chunk)
-                                sha.update(chunk)
-                                if blob is not None:
-                                    blob.update(chunk)
-                                written += len(chunk)
-                                self.metrics.bytes_downloaded.inc(len(chunk))
-                                self.progress.advance(len(chunk))
-                        last_error = None
-                        break
-                    except (RepoNotFoundError, RevisionNotFoundError):
+        with atomic_writer(dest) as fh:
+            sha = hashlib.sha256()
+            # LFS files are checked by sha256; the git blob sha1 is only needed for small files
+            blob = GitBlobHasher(rf.size) if rf.sha256 is None else None
+            written = 0
+            last_error: HubError | None = None
+            for _attempt in self.hub.with_retries(what):
+                try:
+                    with self.hub.open_stream(self.remote.repo_id, self.remote.commit, rf.path, written) as chunks:
+                        for chunk in chunks:
+                            fh.write(chunk)
+                            sha.update(chunk)
+                            if blob is not None:
+                                blob.update(chunk)
+                            written += len(chunk)
+                            self.metrics.bytes_downloaded.inc(len(chunk))
+                            self.progress.advance(len(chunk))
+                    last_error = None
+                    break
+                except HubError as exc:
+                    if not retryable(exc):
                         raise
-                    except HubError as exc:
-                        last_error = exc
-                if last_error is not None:
-                    raise last_error
-                if written != rf.size or not _matches(rf, sha.hexdigest(), blob.hexdigest() if blob else None):
-                    raise CacheCorruptError(
-                        f"Downloaded {what} does not match the hub's listing ({written} bytes, expected "
-                        f"{rf.size}; hash mismatch or short read). Nothing was kept.",
-                        hint="Retry `gnosis-ocr cache warm`; if it repeats, the hub or a proxy is serving "
-                        "different bytes than it lists.",
-                    )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+                    last_error = exc
+            if last_error is not None:
+                raise last_error
+            if written != rf.size or not _matches(rf, sha.hexdigest(), blob.hexdigest() if blob else None):
+                raise CacheCorruptError(
+                    f"Downloaded {what} does not match the hub's listing ({written} bytes, expected "
+                    f"{rf.size}; hash mismatch or short read). Nothing was kept.",
+                    hint="Retry `gnosis-ocr cache warm`; if it repeats, the hub or a proxy is serving "
+                    "different bytes than it lists.",
+                )
         return sha.hexdigest()
 
 
