@@ -183,8 +183,14 @@ fi
 SCOPE=(--project="$PROJECT_ID" --region="$REGION")
 # The mount: implicit-dirs because `gnosis-ocr cache push` writes objects only (no folder placeholders). The
 # writable one is owned by the images' user so the warm job may write. A re-deploy replaces the volume and the
-# mount of the same name and path.
-READONLY_VOLUME="name=$VOLUME,type=cloud-storage,bucket=$BUCKET,readonly=true,mount-options=implicit-dirs"
+# mount of the same name and path. The read-only one keeps file metadata for the instance's life
+# (metadata-cache-ttl-secs=-1: a snapshot never changes under its commit) and has no file cache: on Cloud Run it
+# would hold a second copy of the weights in instance memory, and the loader reads each shard as several parallel
+# streams itself (docs/DEPLOY.md, "The bucket mount's options"). MOUNT_OPTIONS_EXTRA appends gcsfuse flags
+# (;-separated, no leading --), e.g. a file cache with parallel downloads where memory allows.
+[[ ${MOUNT_OPTIONS_EXTRA:-} == *,* ]] && die "MOUNT_OPTIONS_EXTRA separates gcsfuse flags with ';', not ',': '$MOUNT_OPTIONS_EXTRA'"
+READONLY_MOUNT_OPTIONS="implicit-dirs;metadata-cache-ttl-secs=-1${MOUNT_OPTIONS_EXTRA:+;$MOUNT_OPTIONS_EXTRA}"
+READONLY_VOLUME="name=$VOLUME,type=cloud-storage,bucket=$BUCKET,readonly=true,mount-options=$READONLY_MOUNT_OPTIONS"
 WRITABLE_VOLUME="name=$VOLUME,type=cloud-storage,bucket=$BUCKET,mount-options=implicit-dirs;uid=$CONTAINER_UID;gid=$CONTAINER_UID"
 VOLUME_MOUNT="volume=$VOLUME,mount-path=$CACHE_MOUNT"
 MODEL_ENV="MODEL_CACHE_PATH=$CACHE_PATH,MODEL_NAME=$MODEL_NAME,GNOSIS_MODEL_REVISION=$MODEL_REVISION"

@@ -81,8 +81,9 @@ class NanonetsEngine:
         resolved: ResolvedModel | None = None,
     ) -> None:
         """``profile``: default the one for ``repo_id``. ``max_new_tokens``, ``max_pixels``: override the
-        profile's. ``dtype`` auto: bfloat16 on a GPU that has it (else float16), float32 on CPU. ``resolved``: a
-        snapshot the caller already resolved (the service's model service), used as it is."""
+        profile's. ``dtype`` auto: bfloat16 on a GPU that has it (else float16); on CPU the checkpoint's own (bf16
+        for the Qwen2.5-VL models: half the memory of float32, and the parameters are the read buffers, one host
+        copy). ``resolved``: a snapshot the caller already resolved (the service's model service), used as it is."""
         self._cache = cache
         self._given = resolved
         self._repo_id = repo_id
@@ -169,17 +170,18 @@ class NanonetsEngine:
             self._repo_id,
             resolved.commit[:7],
             device,
-            str(dtype).removeprefix("torch."),
+            str(model.dtype).removeprefix("torch."),
             self._profile.name,
             time.monotonic() - started,
         )
 
     def _torch_dtype(self, torch: Any, device: str) -> Any:
+        """The dtype to load in; None: the checkpoint's own (auto on CPU)."""
         if self._dtype != "auto":
             return getattr(torch, self._dtype)
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return None
 
     def recognize(self, pages: Sequence[Page], decoding: Decoding = GREEDY) -> list[PageText]:
         if not pages:

@@ -63,5 +63,5 @@ def read_options_from_settings(settings: Settings) -> ReadOptions:
     return ReadOptions(
         workers=settings.cache_read_workers,
         chunk_bytes=settings.cache_read_chunk_mib * 1024 * 1024,
-        verify=settings.cache_verify_on_load,
+        verify=settings.verify_on_load == "full",
     )

@@ -58,7 +58,7 @@ class ResolvedModel:
 
 
 def is_weight_file(path: str) -> bool:
-    """Weights are hashed while the loader reads them (``GNOSIS_CACHE_VERIFY_ON_LOAD``); every other file of the
+    """Weights are hashed while the loader reads them (``GNOSIS_VERIFY_ON_LOAD``); every other file of the
     manifest is hashed by ``resolve``."""
     return path.endswith(".safetensors")
 
