@@ -5,12 +5,15 @@
 #   deploy/cloudrun.sh [--dry-run] warm-job    a Cloud Run job, bucket mounted WRITABLE, runs `gnosis-ocr cache warm`
 #   deploy/cloudrun.sh [--dry-run] deploy      the service: GPU, bucket mounted READ-ONLY at /cache, offline cache
 #   deploy/cloudrun.sh [--dry-run] batch-job   a Cloud Run job of BATCH_TASKS tasks: `gnosis-ocr batch SRC DST`
+#   deploy/cloudrun.sh [--dry-run] vllm        a vLLM pool (vLLM's own server, L4s, the bucket READ-ONLY, internal
+#                                              ingress, an API key) and the front service on it, GNOSIS_ENGINE=remote
 #   deploy/cloudrun.sh [--dry-run] all         bucket, warm-job, deploy (and batch-job when BATCH_SRC/BATCH_DST set)
 #
 # --dry-run prints every gcloud command, one per line, shell-quoted, and runs nothing.
 # Settings come from the environment; docs/DEPLOY.md walks through them.
 #
-#   required   PROJECT_ID, BUCKET (batch-job also BATCH_SRC and BATCH_DST, gs:// URLs)
+#   required   PROJECT_ID, BUCKET (batch-job also BATCH_SRC and BATCH_DST, gs:// URLs; vllm also
+#              VLLM_API_KEY_SECRET, the Secret Manager secret both services take the pool's key from)
 #   optional   REGION (us-central1), SERVICE (gnosis-ocr),
 #              IMAGE ($REGION-docker.pkg.dev/$PROJECT_ID/gnosis-ocr/gnosis-ocr:gpu),
 #              MODEL_NAME (nanonets/Nanonets-OCR-s), MODEL_REVISION (main; becomes GNOSIS_MODEL_REVISION),
@@ -22,6 +25,12 @@
 #              WARM_SERVICE_ACCOUNT (gnosis-ocr-warm@...; the warm job, writes the bucket),
 #              WARM_JOB ($SERVICE-cache-warm), BATCH_JOB ($SERVICE-batch), BATCH_TASKS (10),
 #              BATCH_PARALLELISM ($MAX_INSTANCES), BATCH_TASK_TIMEOUT (21600s), BATCH_WAIT (0)
+#   vllm       VLLM_SERVICE ($SERVICE-vllm), VLLM_IMAGE (docker.io/vllm/vllm-openai:v0.32.0-cu129: CUDA 12.9, which
+#              the L4's driver runs), VLLM_MAX_INSTANCES (2), VLLM_MIN_INSTANCES (0), VLLM_MAX_NUM_SEQS (32: pages
+#              one L4 decodes together, also its Cloud Run concurrency), VLLM_MAX_MODEL_LEN (16384),
+#              VLLM_URL (the pool's https URL; default: asked of Cloud Run after its deploy),
+#              FRONT_IMAGE ($REGION-docker.pkg.dev/$PROJECT_ID/gnosis-ocr/gnosis-ocr:cpu; the front has no GPU),
+#              VPC_NETWORK (default), VPC_SUBNET (default): the front reaches the internal-only pool through them
 #
 # L4 GPUs exist in us-central1, europe-west1, europe-west4, asia-southeast1 (and more over time); the project needs
 # L4 quota in that region (docs/DEPLOY.md).
@@ -108,7 +117,7 @@ while [[ $# -gt 0 ]]; do
             usage
             exit 0
             ;;
-        bucket | warm-job | deploy | batch-job | all)
+        bucket | warm-job | deploy | batch-job | vllm | all)
             [[ -z $COMMAND ]] || die "one command at a time (got '$COMMAND' and '$1')"
             COMMAND=$1
             ;;
@@ -143,6 +152,16 @@ BATCH_TASKS=${BATCH_TASKS:-10}
 BATCH_PARALLELISM=${BATCH_PARALLELISM:-$MAX_INSTANCES}
 BATCH_TASK_TIMEOUT=${BATCH_TASK_TIMEOUT:-21600s}
 BATCH_WAIT=${BATCH_WAIT:-0}
+VLLM_SERVICE=${VLLM_SERVICE:-$SERVICE-vllm}
+VLLM_IMAGE=${VLLM_IMAGE:-docker.io/vllm/vllm-openai:v0.32.0-cu129}
+VLLM_API_KEY_SECRET=${VLLM_API_KEY_SECRET:-}
+VLLM_MAX_INSTANCES=${VLLM_MAX_INSTANCES:-2}
+VLLM_MIN_INSTANCES=${VLLM_MIN_INSTANCES:-0}
+VLLM_MAX_NUM_SEQS=${VLLM_MAX_NUM_SEQS:-32}
+VLLM_MAX_MODEL_LEN=${VLLM_MAX_MODEL_LEN:-16384}
+VLLM_URL=${VLLM_URL:-}
+VPC_NETWORK=${VPC_NETWORK:-default}
+VPC_SUBNET=${VPC_SUBNET:-default}
 
 # Every missing variable at once, each with what it is.
 missing=0
@@ -158,11 +177,15 @@ if [[ $COMMAND == batch-job ]]; then
     require BATCH_SRC "the documents to read, gs://bucket/prefix"
     require BATCH_DST "where results go, gs://bucket/prefix"
 fi
+if [[ $COMMAND == vllm ]]; then
+    require VLLM_API_KEY_SECRET "the Secret Manager secret holding the vLLM pool's API key (both services read it)"
+fi
 [[ $missing == 0 ]] || exit 2
 
 IMAGE=${IMAGE:-$REGION-docker.pkg.dev/$PROJECT_ID/gnosis-ocr/gnosis-ocr:gpu}
 SERVICE_ACCOUNT=${SERVICE_ACCOUNT:-gnosis-ocr@$PROJECT_ID.iam.gserviceaccount.com}
 WARM_SERVICE_ACCOUNT=${WARM_SERVICE_ACCOUNT:-gnosis-ocr-warm@$PROJECT_ID.iam.gserviceaccount.com}
+FRONT_IMAGE=${FRONT_IMAGE:-$REGION-docker.pkg.dev/$PROJECT_ID/gnosis-ocr/gnosis-ocr:cpu}
 
 [[ $BUCKET != gs://* && $BUCKET != */* ]] || die "BUCKET is a bucket name ('my-models'), not a URL or path: '$BUCKET'"
 for pair in "MODEL_NAME=$MODEL_NAME" "MODEL_REVISION=$MODEL_REVISION" "JOBS_STORAGE=$JOBS_STORAGE" \
@@ -170,11 +193,16 @@ for pair in "MODEL_NAME=$MODEL_NAME" "MODEL_REVISION=$MODEL_REVISION" "JOBS_STOR
     [[ ${pair#*=} != *,* ]] || die "${pair%%=*} must not contain a comma: '${pair#*=}'"
 done
 for pair in "MAX_INSTANCES=$MAX_INSTANCES" "MIN_INSTANCES=$MIN_INSTANCES" "CONCURRENCY=$CONCURRENCY" \
-    "BATCH_TASKS=$BATCH_TASKS" "BATCH_PARALLELISM=$BATCH_PARALLELISM"; do
+    "BATCH_TASKS=$BATCH_TASKS" "BATCH_PARALLELISM=$BATCH_PARALLELISM" "VLLM_MAX_INSTANCES=$VLLM_MAX_INSTANCES" \
+    "VLLM_MIN_INSTANCES=$VLLM_MIN_INSTANCES" "VLLM_MAX_NUM_SEQS=$VLLM_MAX_NUM_SEQS" \
+    "VLLM_MAX_MODEL_LEN=$VLLM_MAX_MODEL_LEN"; do
     [[ ${pair#*=} =~ ^[0-9]+$ ]] || die "${pair%%=*} must be a whole number: '${pair#*=}'"
 done
 if [[ $COMMAND == batch-job || ($COMMAND == all && -n $BATCH_SRC) ]]; then
     [[ $BATCH_SRC == gs://* && $BATCH_DST == gs://* ]] || die "BATCH_SRC and BATCH_DST must be gs:// URLs"
+fi
+if [[ -n $VLLM_URL && ! $VLLM_URL =~ ^https?://[^/@]+$ ]]; then
+    die "VLLM_URL is the pool's base URL (https://NAME-HASH.REGION.run.app), no path or credentials: '$VLLM_URL'"
 fi
 if [[ $DRY_RUN == 0 ]] && ! command -v gcloud >/dev/null 2>&1; then
     die "gcloud is not installed (https://cloud.google.com/sdk); --dry-run shows the commands without it"
@@ -308,11 +336,122 @@ cmd_batch_job() {
     run gcloud run jobs execute "$BATCH_JOB" "${SCOPE[@]}" ${wait[@]+"${wait[@]}"}
 }
 
+# The pool's container command. vLLM's image runs `vllm serve`; this small shell command runs first, on the
+# read-only mount: it turns the revision into the commit the cache's refs name (the warm job or `cache push` wrote
+# them), refuses a commit without its ready-manifest (written last: a half-filled bucket is never served), and
+# starts vLLM on that snapshot folder, offline, under the repository id (what GNOSIS_VLM_SERVED_MODEL expects).
+# vLLM does not hash the weights as it reads them: `gnosis-ocr cache verify` checks the bucket's bytes.
+# No '~' in it: gcloud's list escaping (`gcloud topic escaping`) takes it as the delimiter of --args.
+# shellcheck disable=SC2016 # expanded by the container's shell, not here
+VLLM_ENTRY='set -eu; dir=$VLLM_MODEL_DIR; rev=$GNOSIS_MODEL_REVISION; if [ -f "$dir/refs/$rev" ]; then rev=$(cat "$dir/refs/$rev"); fi; if [ ! -f "$dir/.gnosis/manifests/$rev.json" ]; then echo "vllm-entry: $MODEL_NAME revision $GNOSIS_MODEL_REVISION is not complete in $dir (no ready-manifest for $rev); fill the cache first: deploy/cloudrun.sh warm-job" >&2; exit 1; fi; echo "vllm-entry: serving $dir/snapshots/$rev as $MODEL_NAME" >&2; exec vllm serve "$dir/snapshots/$rev" --served-model-name "$MODEL_NAME" --host 0.0.0.0 --port "$PORT" "$@"'
+
+# models--org--name: the hub cache's folder for MODEL_NAME (modelcache/layout.py owns the same arithmetic)
+model_dir() {
+    printf '%s/hub/models--%s' "$CACHE_PATH" "${MODEL_NAME//\//--}"
+}
+
+cmd_vllm() {
+    local pool_env front_env secrets args url
+    run gcloud secrets add-iam-policy-binding "$VLLM_API_KEY_SECRET" --project="$PROJECT_ID" \
+        --member="serviceAccount:$SERVICE_ACCOUNT" --role=roles/secretmanager.secretAccessor
+    # The front reaches the internal-only pool through the VPC (all its traffic: a run.app address is public), and
+    # the bucket and Secret Manager through Private Google Access on that subnet.
+    run gcloud compute networks subnets update "$VPC_SUBNET" "${SCOPE[@]}" --enable-private-ip-google-access
+
+    # The pool: vLLM's own OpenAI-compatible server. The hub offline: it loads the snapshot folder and nothing else.
+    # Cloud Run concurrency = max-num-seqs: an instance takes as many pages as it decodes together; more start
+    # another instance (up to VLLM_MAX_INSTANCES), then wait in Cloud Run's queue or get 429, which the front's
+    # remote engine retries with backoff. Ingress internal plus vLLM's API key: no IAM token is needed, and the
+    # key (VLLM_API_KEY, read by vLLM itself) keeps other workloads in the VPC out.
+    pool_env="MODEL_CACHE_PATH=$CACHE_PATH,MODEL_NAME=$MODEL_NAME,GNOSIS_MODEL_REVISION=$MODEL_REVISION"
+    pool_env+=",VLLM_MODEL_DIR=$(model_dir),HF_HUB_OFFLINE=1,TRANSFORMERS_OFFLINE=1,HF_HUB_DISABLE_TELEMETRY=1"
+    pool_env+=",VLLM_NO_USAGE_STATS=1,DO_NOT_TRACK=1"
+    args="^~^-c~$VLLM_ENTRY~vllm-entry~--max-num-seqs=$VLLM_MAX_NUM_SEQS~--max-model-len=$VLLM_MAX_MODEL_LEN"
+    args+='~--limit-mm-per-prompt={"image": 1, "video": 0}~--gpu-memory-utilization=0.90'
+    run gcloud run deploy "$VLLM_SERVICE" "${SCOPE[@]}" \
+        --image="$VLLM_IMAGE" \
+        --service-account="$SERVICE_ACCOUNT" \
+        "${GPU[@]}" --no-gpu-zonal-redundancy \
+        --no-cpu-throttling \
+        --execution-environment=gen2 \
+        --ingress=internal \
+        --allow-unauthenticated \
+        --concurrency="$VLLM_MAX_NUM_SEQS" \
+        --timeout=3600 \
+        --min-instances="$VLLM_MIN_INSTANCES" \
+        --max-instances="$VLLM_MAX_INSTANCES" \
+        --port=8000 \
+        --add-volume="$READONLY_VOLUME" \
+        --add-volume-mount="$VOLUME_MOUNT" \
+        --set-env-vars="$pool_env" \
+        --set-secrets="VLLM_API_KEY=$VLLM_API_KEY_SECRET:latest" \
+        --command=sh \
+        --args="$args" \
+        --startup-probe=httpGet.path=/health,periodSeconds=10,timeoutSeconds=5,failureThreshold=60 \
+        --liveness-probe=httpGet.path=/health,periodSeconds=30,timeoutSeconds=5,failureThreshold=3
+
+    url=$VLLM_URL
+    if [[ -z $url ]]; then
+        if [[ $DRY_RUN == 1 ]]; then
+            show gcloud run services describe "$VLLM_SERVICE" "${SCOPE[@]}" --format='value(status.url)'
+            url="https://$VLLM_SERVICE-PROJECT_NUMBER.$REGION.run.app"  # what the describe answers, in the plan
+        else
+            printf '+ %s\n' "$(show gcloud run services describe "$VLLM_SERVICE" "${SCOPE[@]}" --format='value(status.url)')" >&2
+            url=$(gcloud run services describe "$VLLM_SERVICE" "${SCOPE[@]}" --format='value(status.url)')
+            [[ $url =~ ^https?://[^/@]+$ ]] || die "could not read the URL of $VLLM_SERVICE ('$url'); set VLLM_URL"
+        fi
+    fi
+
+    # The front: no GPU, no model cache (the pool has the model); offline, so it never downloads one. It may keep
+    # the whole pool busy (instances x max-num-seqs pages in flight). Its start waits for the pool (a cold L4 and
+    # the model load take minutes), so its startup probe allows 10 minutes.
+    front_env="MODEL_NAME=$MODEL_NAME,GNOSIS_CACHE_MODE=offline,GNOSIS_ENGINE=remote,GNOSIS_VLM_URL=$url/v1"
+    front_env+=",GNOSIS_VLM_CONCURRENCY=$((VLLM_MAX_INSTANCES * VLLM_MAX_NUM_SEQS)),GNOSIS_VLM_STARTUP_WAIT_SECONDS=540"
+    secrets="GNOSIS_VLM_API_KEY=$VLLM_API_KEY_SECRET:latest"
+    local extra=()
+    if [[ -n $JOBS_STORAGE ]]; then
+        front_env+=",GNOSIS_STORAGE=$JOBS_STORAGE"
+    elif [[ $MAX_INSTANCES -gt 1 ]]; then
+        note "warning: MAX_INSTANCES=$MAX_INSTANCES with job state on each instance's own disk: a job's status" \
+            "may be asked of an instance that does not have it. Set JOBS_STORAGE=gs://A-JOBS-BUCKET/jobs to share it."
+    fi
+    if [[ -n $API_KEY_SECRET ]]; then
+        secrets+=",GNOSIS_API_KEY=$API_KEY_SECRET:latest"
+    fi
+    if [[ $PUBLIC == 1 ]]; then
+        extra+=(--allow-unauthenticated)
+    else
+        extra+=(--no-allow-unauthenticated)
+    fi
+    if [[ -n $REVISION_TAG ]]; then
+        extra+=(--tag="$REVISION_TAG" --no-traffic)
+    fi
+    run gcloud run deploy "$SERVICE" "${SCOPE[@]}" \
+        --image="$FRONT_IMAGE" \
+        --service-account="$SERVICE_ACCOUNT" \
+        --cpu=4 --memory=8Gi \
+        --no-cpu-throttling \
+        --execution-environment=gen2 \
+        --network="$VPC_NETWORK" --subnet="$VPC_SUBNET" --vpc-egress=all-traffic \
+        --concurrency="$CONCURRENCY" \
+        --timeout=3600 \
+        --min-instances="$MIN_INSTANCES" \
+        --max-instances="$MAX_INSTANCES" \
+        --port=8080 \
+        --set-env-vars="$front_env" \
+        --set-secrets="$secrets" \
+        --startup-probe=httpGet.path=/readyz,periodSeconds=10,timeoutSeconds=5,failureThreshold=60 \
+        --liveness-probe=httpGet.path=/healthz,periodSeconds=30,timeoutSeconds=5,failureThreshold=3 \
+        ${extra[@]+"${extra[@]}"}
+    run gcloud run services describe "$SERVICE" "${SCOPE[@]}" --format='value(status.url)'
+}
+
 case $COMMAND in
     bucket) cmd_bucket ;;
     warm-job) cmd_warm_job ;;
     deploy) cmd_deploy ;;
     batch-job) cmd_batch_job ;;
+    vllm) cmd_vllm ;;
     all)
         cmd_bucket
         cmd_warm_job

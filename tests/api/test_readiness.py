@@ -45,6 +45,7 @@ def test_empty_cache_auto_warms_in_the_background(
         "model": REPO,
         "revision": commit,
         "profile": "generic-qwen2.5-vl",
+        "endpoint": None,  # the remote engine's server; an in-process engine has none
     }
     assert ready["commit"] == commit
     assert ready["cache"] == {"state": "complete", "root": str(cache_root), "mode": "auto", "faults": []}

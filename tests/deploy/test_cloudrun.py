@@ -4,6 +4,7 @@ it fails. The printed commands are parsed with shlex, as a shell would read them
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -298,6 +299,7 @@ def test_several_instances_without_shared_job_storage_warn_on_stderr(cloudrun: C
         ("all", "PROJECT_ID", {}),
         ("warm-job", "BUCKET", {}),
         ("batch-job", "BATCH_SRC", {"BATCH_DST": "gs://a/out"}),
+        ("vllm", "VLLM_API_KEY_SECRET", {}),
     ],
 )
 def test_a_missing_variable_fails_early_and_names_it(
@@ -321,6 +323,8 @@ def test_a_missing_variable_fails_early_and_names_it(
         (["batch-job"], {"BATCH_SRC": "/data/in", "BATCH_DST": "gs://a/out"}, "gs://"),
         (["launch"], {}, "unknown argument"),
         (["deploy", "all"], {}, "one command at a time"),
+        (["vllm"], {"VLLM_API_KEY_SECRET": "k", "VLLM_URL": "https://pool.run.app/v1"}, "VLLM_URL"),
+        (["vllm"], {"VLLM_API_KEY_SECRET": "k", "VLLM_MAX_NUM_SEQS": "lots"}, "VLLM_MAX_NUM_SEQS"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_runs(
@@ -341,11 +345,12 @@ def test_no_command_prints_usage_and_fails(cloudrun: CloudRun) -> None:
     assert "--dry-run" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["bucket", "warm-job", "deploy", "batch-job", "all"])
+@pytest.mark.parametrize("command", ["bucket", "warm-job", "deploy", "batch-job", "vllm", "all"])
 def test_dry_run_never_calls_gcloud_and_a_real_run_calls_exactly_what_it_printed(
     cloudrun: CloudRun, command: str
 ) -> None:
     env = {**BASE_ENV, "BATCH_SRC": "gs://a/in", "BATCH_DST": "gs://a/out", "API_KEY_SECRET": "key"}
+    env |= {"VLLM_API_KEY_SECRET": "vllm-key", "VLLM_URL": "https://acme-pool-abc123.a.run.app"}
     planned = cloudrun(command, env=env)
     assert planned.returncode == 0, planned.stderr
     assert planned.commands, "the dry run printed nothing"
@@ -389,3 +394,165 @@ def test_a_failing_command_stops_the_run(cloudrun: CloudRun) -> None:
     result = cloudrun("all", env={**BASE_ENV, **failure}, dry_run=False)
     assert result.returncode == 1
     assert not find(result.calls, "gcloud", "run", "deploy")
+
+
+# -- vllm: the pool and the front on it ----------------------------------------------------------------------
+
+VLLM_ENV = {**BASE_ENV, "VLLM_API_KEY_SECRET": "vllm-key", "VLLM_URL": "https://gnosis-ocr-vllm-abc123.a.run.app"}
+
+
+def gcloud_list(text: str) -> list[str]:
+    """gcloud's list flag syntax: comma-separated, or ``^D^`` first to split on D instead (gcloud topic escaping)."""
+    if text.startswith("^"):
+        delimiter, _, rest = text[1:].partition("^")
+        return rest.split(delimiter)
+    return text.split(",")
+
+
+def pool_and_front(result: Run) -> tuple[Command, Command]:
+    deploys = find(result.commands, "gcloud", "run", "deploy")
+    assert [c[3] for c in deploys] == ["gnosis-ocr-vllm", "gnosis-ocr"]  # the pool first: the front needs it
+    return deploys[0], deploys[1]
+
+
+def test_vllm_deploys_a_private_pool_on_l4s_with_the_read_only_cache_and_a_key(cloudrun: CloudRun) -> None:
+    result = cloudrun("vllm", env=VLLM_ENV)
+    assert result.returncode == 0, result.stderr
+    pool, _ = pool_and_front(result)
+    assert_l4(pool)
+    assert_cache_volume(pool, readonly=True)
+    assert re.fullmatch(r"docker\.io/vllm/vllm-openai:v\d+\.\d+\.\d+-cu12\d", value(pool, "image"))  # pinned, CUDA 12
+    assert value(pool, "ingress") == "internal"
+    assert value(pool, "set-secrets") == "VLLM_API_KEY=vllm-key:latest"  # vLLM reads its key from there
+    env = gcloud_dict(value(pool, "set-env-vars"))
+    assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
+    assert env["VLLM_MODEL_DIR"] == "/cache/huggingface/hub/models--nanonets--Nanonets-OCR-s"
+    assert value(pool, "command") == "sh"
+    args = gcloud_list(value(pool, "args"))
+    assert args[0] == "-c" and args[2] == "vllm-entry"
+    assert "exec vllm serve" in args[1] and '--served-model-name "$MODEL_NAME"' in args[1]
+    # one instance takes as many pages as it decodes together; more go to another instance
+    assert value(pool, "concurrency") == "32" and "--max-num-seqs=32" in args[3:]
+    assert gcloud_dict(value(pool, "startup-probe"))["httpGet.path"] == "/health"
+    binding = only(result.commands, "gcloud", "secrets", "add-iam-policy-binding")
+    assert binding[3] == "vllm-key"
+    assert value(binding, "member") == "serviceAccount:gnosis-ocr@acme-ocr.iam.gserviceaccount.com"
+
+
+def test_vllm_points_the_front_at_the_pool_with_the_remote_engine(
+    cloudrun: CloudRun, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    result = cloudrun("vllm", env={**VLLM_ENV, "API_KEY_SECRET": "front-key", "JOBS_STORAGE": "gs://acme-jobs/j"})
+    assert result.returncode == 0, result.stderr
+    _, front = pool_and_front(result)
+    flagged = flags(front)
+    assert "gpu" not in flagged and "add-volume" not in flagged  # the pool has the GPU and the model
+    assert value(front, "vpc-egress") == "all-traffic"  # an internal-only service is reached through the VPC
+    assert value(front, "set-secrets") == "GNOSIS_VLM_API_KEY=vllm-key:latest,GNOSIS_API_KEY=front-key:latest"
+    env = gcloud_dict(value(front, "set-env-vars"))
+    assert env["GNOSIS_ENGINE"] == "remote" and env["GNOSIS_CACHE_MODE"] == "offline"
+    assert env["GNOSIS_VLM_URL"] == "https://gnosis-ocr-vllm-abc123.a.run.app/v1"
+    assert env["GNOSIS_VLM_CONCURRENCY"] == "64"  # the whole pool: 2 instances x 32 sequences
+    assert env["GNOSIS_STORAGE"] == "gs://acme-jobs/j"
+    # what the front is given builds the remote engine the pool serves
+    from gnosis_ocr.engines import engine_from_settings
+    from gnosis_ocr.modelcache import ModelCache
+    from gnosis_ocr.settings import Settings
+
+    for key, item in env.items():
+        monkeypatch.setenv(key, item)
+    monkeypatch.setenv("GNOSIS_VLM_API_KEY", "from-secret-manager")
+    settings = Settings()
+    engine = engine_from_settings(settings, ModelCache(tmp_path, endpoint="http://127.0.0.1:9"))
+    info = engine.info
+    assert (info.name, info.model, info.endpoint) == ("remote", "nanonets/Nanonets-OCR-s", env["GNOSIS_VLM_URL"])
+    engine.close()
+
+
+def test_vllm_asks_cloud_run_for_the_pools_url_and_stops_when_it_has_none(cloudrun: CloudRun) -> None:
+    env = {k: v for k, v in VLLM_ENV.items() if k != "VLLM_URL"}
+    planned = cloudrun("vllm", env=env)
+    assert planned.returncode == 0, planned.stderr
+    describe = find(planned.commands, "gcloud", "run", "services", "describe", "gnosis-ocr-vllm")
+    assert len(describe) == 1
+    _, front = pool_and_front(planned)
+    assert planned.commands.index(describe[0]) < planned.commands.index(front)
+    done = cloudrun("vllm", env=env, dry_run=False)  # the fake gcloud answers the describe with nothing
+    assert done.returncode == 2
+    assert "could not read the URL of gnosis-ocr-vllm" in done.stderr and "VLLM_URL" in done.stderr
+    assert not find(done.calls, "gcloud", "run", "deploy", "gnosis-ocr")  # no front pointed at nothing
+
+
+def _entry(tmp_path: Path, model_name: str, revision: str) -> tuple[list[str], dict[str, str]]:
+    """The pool's container command and environment from the plan, with the fake gcloud."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    env = {**VLLM_ENV, "MODEL_NAME": model_name, "MODEL_REVISION": revision}
+    run_env = {"PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": str(tmp_path), **env}
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", "vllm"], env=run_env, capture_output=True, text=True, check=True
+    )
+    commands = [shlex.split(line) for line in proc.stdout.splitlines()]
+    pool = next(c for c in commands if c[:4] == ["gcloud", "run", "deploy", "gnosis-ocr-vllm"])
+    return gcloud_list(value(pool, "args")), gcloud_dict(value(pool, "set-env-vars"))
+
+
+def test_the_pools_entry_command_serves_the_complete_snapshot_and_refuses_an_incomplete_one(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import REPO
+    from tests.support.vllmenv import warm_cache
+
+    root, endpoint, commit = warm_cache(REPO, tiny_model, tmp_path / "huggingface")
+    from gnosis_ocr.modelcache import ModelCache
+
+    snapshot = ModelCache(root, endpoint=endpoint).resolve(REPO, mode="offline").path
+    fake_bin = tmp_path / "vllm-bin"
+    fake_bin.mkdir()
+    argv_file = tmp_path / "vllm-argv"
+    (fake_bin / "vllm").write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\0" "$a"; done > {argv_file}\n')
+    (fake_bin / "vllm").chmod(0o755)
+
+    def start(revision: str) -> subprocess.CompletedProcess[str]:
+        args, env = _entry(tmp_path, REPO, revision)
+        env = {k: v.replace("/cache/huggingface", str(root)) for k, v in env.items()}  # the mount, here
+        env |= {"PORT": "8000", "PATH": f"{fake_bin}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+        argv_file.unlink(missing_ok=True)
+        return subprocess.run(["sh", *args], env=env, capture_output=True, text=True, timeout=30, check=False)
+
+    for revision in ("main", commit):  # a branch read from refs/, or the commit itself
+        started = start(revision)
+        assert started.returncode == 0, started.stderr
+        argv = argv_file.read_text().split("\0")[:-1]
+        assert argv[:8] == ["serve", str(snapshot), "--served-model-name", REPO, "--host", "0.0.0.0", "--port", "8000"]
+        assert "--max-num-seqs=32" in argv and '--limit-mm-per-prompt={"image": 1, "video": 0}' in argv
+        assert f"serving {snapshot} as {REPO}" in started.stderr
+
+    manifest = root / "hub" / "models--gnosis-test--tiny-qwen2.5-vl" / ".gnosis" / "manifests" / f"{commit}.json"
+    assert manifest.is_file()
+    manifest.unlink()  # a half-filled bucket: no ready-manifest
+    refused = start("main")
+    assert refused.returncode == 1 and not argv_file.exists()
+    assert "is not complete" in refused.stderr and "warm-job" in refused.stderr
+
+
+def test_read_only_mount_options_for_a_large_model(cloudrun: CloudRun) -> None:
+    """The serving mount keeps metadata for the instance's life and has no file cache (a second copy of the weights
+    in instance memory); MOUNT_OPTIONS_EXTRA appends flags; the writable warm-job mount keeps gcsfuse's TTLs."""
+    deploy = only(cloudrun("deploy").commands, "gcloud", "run", "deploy")
+    options = gcloud_dict(value(deploy, "add-volume"))["mount-options"].split(";")
+    assert options == ["implicit-dirs", "metadata-cache-ttl-secs=-1"]
+    assert not any(o.startswith(("file-cache", "cache-dir")) for o in options)
+    extra = "file-cache-max-size-mb=-1;file-cache-enable-parallel-downloads=true"
+    deploy = only(
+        cloudrun("deploy", env={**BASE_ENV, "MOUNT_OPTIONS_EXTRA": extra}).commands, "gcloud", "run", "deploy"
+    )
+    assert gcloud_dict(value(deploy, "add-volume"))["mount-options"].split(";")[2:] == extra.split(";")
+    job = only(cloudrun("warm-job").commands, "gcloud", "run", "jobs", "deploy")
+    assert not any(
+        o.startswith("metadata-cache") for o in gcloud_dict(value(job, "add-volume"))["mount-options"].split(";")
+    )
+    refused = cloudrun("deploy", env={**BASE_ENV, "MOUNT_OPTIONS_EXTRA": "a=1,b=2"})
+    assert refused.returncode != 0 and "separates gcsfuse flags with ';'" in refused.stderr

@@ -86,6 +86,7 @@ class EngineOut(BaseModel):
     model: str | None = Field(default=None, description="The model it reads with (tesseract: its languages).")
     revision: str | None = Field(default=None, description="The model's commit (tesseract: its version).")
     profile: str | None = Field(default=None, description="The VLM's model profile (gnosis-ocr models lists them).")
+    endpoint: str | None = Field(default=None, description="The remote engine's model server (GNOSIS_VLM_URL).")
 
 
 class ReadinessOut(BaseModel):
@@ -189,6 +190,10 @@ def readiness_out(readiness: Readiness, service: ModelService, engine: EngineSta
         ready, reason = False, f"engine {engine.name or '(choosing)'}: {engine.state}: {engine.reason}"
     elif uses_model:
         ready, reason = True, f"engine {engine.name} is loaded on {engine.device}; {readiness.reason}"
+    elif engine.info is not None and engine.info.endpoint:  # remote: what its server answered at start
+        commit = f" (commit {engine.info.revision[:7]})" if engine.info.revision else ""
+        found = f"{engine.info.endpoint} serves {engine.info.model}{commit}"
+        ready, reason = True, f"engine {engine.name} is loaded ({engine.reason}): {found}"
     else:
         ready, reason = True, f"engine {engine.name} is loaded ({engine.reason}); the VLM model is not in use"
     report = readiness.report
@@ -214,6 +219,7 @@ def readiness_out(readiness: Readiness, service: ModelService, engine: EngineSta
             model=engine.info.model if engine.info else None,
             revision=engine.info.revision if engine.info else None,
             profile=engine.info.profile if engine.info else None,
+            endpoint=engine.info.endpoint if engine.info else None,
         ),
         reason=reason,
     )

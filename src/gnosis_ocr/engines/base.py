@@ -36,8 +36,9 @@ class EngineInfo:
     device: str = "cpu"
     reason: str | None = None  # why this engine was chosen (auto)
     vlm: bool = False  # a vision-language model: keeps tables and equations, so a PDF text layer is not preferred
-    backend: str | None = None  # how a VLM runs: "vllm" or "transformers" (None for the others)
+    backend: str | None = None  # how a VLM runs: "vllm", "transformers" or "remote" (None for the others)
     profile: str | None = None  # the model profile (prompt, limits, output parsing) a VLM reads pages with
+    endpoint: str | None = None  # the remote engine's server (its base URL, never credentials)
 
 
 @dataclass(frozen=True)
