@@ -593,7 +593,7 @@ def test_afterwards_nothing_is_left_over_and_jobs_still_run(server: Server) -> N
         assert (
             rest == ("job.json",)
             or (len(rest) == 2 and rest[0] == "inputs" and rest[1].isdigit())
-            or (len(rest) == 2 and rest[0] == "pages" and rest[1].removesuffix(".webp").isdigit())
+            or (len(rest) == 2 and rest[0] == "pages" and _page_file(rest[1]).isdigit())
         ), path
     assert _files_outside(server.root, server.storage) == server.files_at_start
     assert not any("passwd" in p.name or p.name.endswith(".upload") for p in server.root.rglob("*"))
@@ -609,6 +609,11 @@ def test_afterwards_nothing_is_left_over_and_jobs_still_run(server: Server) -> N
     after = server.submit("after.pdf", pdf(2), text_layer="never")
     final = wait_finished(server.client, after, timeout=30)
     assert final["status"] == "done" and [p["status"] for p in final["pages"]] == ["done", "done"]
+
+
+def _page_file(name: str) -> str:
+    """The page number in a page's image (``3.webp``) or word boxes (``3.words.json``)."""
+    return name.removesuffix(".webp").removesuffix(".words.json")
 
 
 def _cell(text: str) -> str:

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from gnosis_ocr.engines.fake import FakeEngine
 from gnosis_ocr.errors import JobOwnershipLostError
 from gnosis_ocr.jobs.record import DocumentEntry, JobRecord, PageEntry, new_job_id, utcnow
 from gnosis_ocr.jobs.runner import JobRunner, RunnerOptions
@@ -23,6 +22,7 @@ from gnosis_ocr.settings import Settings
 from tests.api.conftest import Live, make_settings
 from tests.api.jobclient import submit, wait_finished
 from tests.documents import make
+from tests.support.fakeengine import FakeEngine
 from tests.support.objectstores import FakeGcs, MotoS3
 
 PDF_PAGES = [["first page"], ["second page"]]
@@ -50,7 +50,10 @@ def test_a_job_lives_in_the_store_and_delete_removes_it(
 
     prefix = f"{store.root}/jobs/{job['id']}"
     names = sorted(p.removeprefix(prefix + "/") for p in fs.find(prefix))
-    assert names == ["inputs/0", "job.json", "pages/1.webp", "pages/2.webp"]
+    pages = ["pages/1.webp", "pages/1.words.json", "pages/2.webp", "pages/2.words.json"]  # words: the PDF's layer
+    assert names == ["inputs/0", "job.json", *pages]
+    pdf = app.client.get(f"/api/v1/jobs/{job['id']}/result.pdf")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")  # built from the store, gs:// and s3:// too
     archive = zipfile.ZipFile(io.BytesIO(app.client.get(f"/api/v1/jobs/{job['id']}/result.zip").content))
     assert {"images/1.webp", "images/2.webp", "two.md", "result.json"} == set(archive.namelist())
 

@@ -234,6 +234,7 @@ class JobUrls(BaseModel):
     result_md: str
     result_json: str
     result_zip: str
+    result_pdf: str
     cancel: str
 
 
@@ -269,6 +270,7 @@ def job_urls(job_id: str) -> JobUrls:
         result_md=f"{base}/result.md",
         result_json=f"{base}/result.json",
         result_zip=f"{base}/result.zip",
+        result_pdf=f"{base}/result.pdf",
         cancel=f"{base}/cancel",
     )
 

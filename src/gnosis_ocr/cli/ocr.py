@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,22 +20,16 @@ from gnosis_ocr.engines.feeder import OnFirstUse
 from gnosis_ocr.errors import ConfigError, DocumentError
 from gnosis_ocr.jobs.pipeline import OcrOptions
 from gnosis_ocr.jobs.results import DocumentResult, PageResult
+from gnosis_ocr.jobs.searchable import PageImages, result_pages, write_pdf
 from gnosis_ocr.modelcache import cache_from_settings
-from gnosis_ocr.modelcache.fsutil import atomic_write_bytes
+from gnosis_ocr.modelcache.fsutil import atomic_write_bytes, atomic_writer
 from gnosis_ocr.settings import Settings
 
 
 class Format(StrEnum):
     md = "md"
     json = "json"
-
-
-class EngineChoice(StrEnum):
-    auto = "auto"
-    vlm = "vlm"
-    nanonets = "nanonets"  # vlm's older name
-    tesseract = "tesseract"
-    fake = "fake"  # deterministic test engine; hidden from nobody, documented as such
+    pdf = "pdf"  # searchable: the page images with their text as an invisible layer
 
 
 class TextLayer(StrEnum):
@@ -62,6 +58,28 @@ def _write(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data, cache=False)
 
 
+def _format(fmt: Format | None, output: Path | None) -> Format:
+    """The format asked for, else json for ``-o *.json``, else md. A PDF is only ever written when asked for by
+    ``-f pdf``: ``-o some.pdf`` alone may name a document, never to be overwritten by a guess."""
+    fmt = fmt or (Format.json if output is not None and output.suffix == ".json" else Format.md)
+    if fmt is Format.pdf and output is None:
+        raise ConfigError(
+            "-f pdf writes a binary file, not text for the terminal.",
+            hint="Give -o out.pdf (one input) or -o FOLDER (FOLDER/<name>.pdf per input).",
+        )
+    return fmt
+
+
+def _read_to_pdf(read: Callable[..., DocumentResult], path: Path) -> DocumentResult:
+    """Read a document keeping its page images (JPEG, spooled to a temporary file), then write its searchable PDF
+    into a temporary file beside ``path`` and rename it into place."""
+    with PageImages() as images:
+        result = read(on_render=images.on_render)
+        with atomic_writer(path, cache=False) as out:
+            write_pdf(result_pages(result, images), out)
+    return result
+
+
 def _render(result: DocumentResult, fmt: Format) -> bytes:
     if fmt is Format.json:
         return (json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n").encode()
@@ -70,7 +88,8 @@ def _render(result: DocumentResult, fmt: Format) -> bytes:
 
 def _targets(files: list[Path], output: Path, fmt: Format) -> dict[Path, Path]:
     """Where each result goes: ``output`` itself for one input and a *.md/*.json name, else ``output/<stem>.<fmt>``."""
-    if len(files) == 1 and output.suffix in (".md", ".json") and not output.is_dir():
+    single = (".md", ".json", ".pdf") if fmt is Format.pdf else (".md", ".json")
+    if len(files) == 1 and output.suffix in single and not output.is_dir():
         targets = {files[0]: output}
     elif output.exists() and not output.is_dir():
         raise ConfigError(
@@ -90,11 +109,12 @@ def _targets(files: list[Path], output: Path, fmt: Format) -> dict[Path, Path]:
 
 # options shared by `ocr` and `batch`
 EngineOpt = Annotated[
-    EngineChoice | None,
+    str | None,
     typer.Option(
         "--engine",
         "-e",
-        help="auto: the VLM with a GPU and the model, else tesseract. Default: GNOSIS_ENGINE or auto.",
+        help="auto (the VLM with a GPU and a complete cached model, else tesseract), vlm, tesseract, layout, remote, "
+        "or an engine named in GNOSIS_ENGINE_PLUGINS. Default: GNOSIS_ENGINE or auto.",
     ),
 ]
 ModelOpt = Annotated[
@@ -132,7 +152,8 @@ def ocr(
         typer.Option(
             "--format",
             "-f",
-            help="md (page markers) or json (per-page text, timings, engine, model commit). Default: from -o, else md.",
+            help="md (page markers), json (per-page text, timings, engine, model commit) or pdf (searchable: the "
+            "page images with their text as an invisible layer; needs -o). Default: from -o, else md.",
         ),
     ] = None,
     engine: EngineOpt = None,
@@ -151,7 +172,7 @@ def ocr(
     if model:
         overrides["model_name"] = model
     settings = Settings(**overrides)
-    fmt = fmt or (Format.json if output is not None and output.suffix == ".json" else Format.md)
+    fmt = _format(fmt, output)
     targets = _targets(files, output, fmt) if output is not None else {}
     options = OcrOptions(
         pages=pages,
@@ -162,7 +183,7 @@ def ocr(
     )
     err = Console(stderr=True)
     cache = cache_from_settings(settings)
-    chosen = engine_from_settings(settings, cache, engine.value if engine else None)
+    chosen = engine_from_settings(settings, cache, engine)
     print_engine(err, chosen.info)
     # a page the VLM loops on is read again, then by tesseract (started only if a page needs it)
     fallback = OnFirstUse(lambda: engine_from_settings(settings, cache, "tesseract"))
@@ -178,9 +199,17 @@ def ocr(
             progress = _PageBars(bars)
             for path in files:
                 try:
-                    result = ocr_document(
-                        path, chosen, name=path.name, options=options, progress=progress, fallback=fallback
-                    )  # the fallback is only ever asked for by a VLM
+                    # the fallback is only ever asked for by a VLM
+                    read = functools.partial(
+                        ocr_document,
+                        path,
+                        chosen,
+                        name=path.name,
+                        options=options,
+                        progress=progress,
+                        fallback=fallback,
+                    )
+                    result = _read_to_pdf(read, targets[path]) if fmt is Format.pdf else read()
                 except DocumentError as exc:
                     err.print(f"[bold red]error:[/] {path}: {exc.message}", highlight=False)
                     if exc.hint:
@@ -191,7 +220,7 @@ def ocr(
                     if not page.ok:
                         err.print(f"[yellow]warning:[/] {path} page {page.number}: {page.error}", highlight=False)
                         worst = worst or EXIT_PARTIAL
-                if output is not None:
+                if output is not None and fmt is not Format.pdf:
                     _write(targets[path], _render(result, fmt))
                 results.append(result)
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -28,6 +28,19 @@ class DocumentLimits:
     render_timeout: float = 60.0
 
 
+class WordBox(NamedTuple):
+    """One word and where it is on the page image: pixels, origin top left. ``line`` counts the page's text lines in
+    reading order (words of one line share it). Engines that find words (tesseract) and PDF text layers give them;
+    the searchable PDF places its invisible text by them."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    text: str
+    line: int
+
+
 @dataclass(frozen=True)
 class Page:
     """One rendered page. ``number`` is 1-based, as users count pages."""
@@ -37,6 +50,8 @@ class Page:
     text_layer: str | None = None  # born-digital PDF text, None when the page has none (or is not a PDF)
     source_size: tuple[float, float] | None = None  # PDF points (w, h) or image pixels before scaling
     scale: float = 1.0  # rendered pixels per source unit
+    points: tuple[float, float] | None = None  # the page's size in PDF points (PDF pages; None for images)
+    text_layer_boxes: tuple[WordBox, ...] = ()  # the text layer's words on ``image`` (PDF pages with a text layer)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """PDF pages through pypdfium2: open, count, render one page at a time, read its text layer.
 
 PDFium is not thread-safe: no two calls into it may run at the same time in one process, not even on different
-documents. Every pdfium call in gnosis-ocr goes through this module and runs under ``PDFIUM_LOCK``, a process-wide
-lock held for one step (open, one page, close) and never across a ``yield``. Threads may share the work that way;
-to render in parallel, use processes.
+documents. Every pdfium call in gnosis-ocr goes through this module (or the searchable PDF's writer,
+``jobs.searchable``) and runs under ``PDFIUM_LOCK``, a process-wide lock held for one step (open, one page, close)
+and never across a ``yield``. Threads may share the work that way; to render in parallel, use processes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
-from gnosis_ocr.documents.model import DocumentLimits, Page
+from gnosis_ocr.documents.model import DocumentLimits, Page, WordBox
 from gnosis_ocr.documents.sizing import plan_page
 from gnosis_ocr.errors import BrokenDocumentError, DocumentLimitError, EmptyDocumentError, EncryptedDocumentError
 
@@ -74,10 +75,18 @@ class PdfPages:
                     image = bitmap.to_pil()  # an RGB bitmap is decoded into a new Pillow image, not shared
                 finally:
                     bitmap.close()
-                text = _text_layer(page, self.name, number)
+                text, boxes = _text_layer(page, self.name, number, image.size)
             finally:
                 page.close()
-        result = Page(number=number, image=image, text_layer=text, source_size=(width, height), scale=plan.scale)
+        result = Page(
+            number=number,
+            image=image,
+            text_layer=text,
+            source_size=(width, height),
+            scale=plan.scale,
+            points=(width, height),
+            text_layer_boxes=boxes,
+        )
         return result, image.width * image.height
 
     def close(self) -> None:
@@ -124,21 +133,71 @@ def _load_error(code: int, name: str) -> Exception:
     )
 
 
-def _text_layer(page: Any, name: str, number: int) -> str | None:
-    """The page's born-digital text, lines joined with ``\\n``; None when it has none. Never fails the page."""
+def _text_layer(page: Any, name: str, number: int, size: tuple[int, int]) -> tuple[str | None, tuple[WordBox, ...]]:
+    """The page's born-digital text, lines joined with ``\\n`` (None when it has none), and its words on the image
+    rendered at ``size``. Never fails the page."""
     try:
         # pdfium reads a /Rotate 90 page's text bottom to top; its text is in writing order only unrotated.
         # The image is already rendered and the document is never saved, so unrotating here changes nothing else.
-        if page.get_rotation():
+        rotation = page.get_rotation()
+        if rotation:
             page.set_rotation(0)
         textpage = page.get_textpage()
         try:
             raw: str = textpage.get_text_range()
+            boxes = _word_boxes(page, textpage, size, rotation) if raw.strip() else ()
         finally:
             textpage.close()
     except Exception as exc:  # the image is what matters; a page without a text layer is simply OCRed
         logger.warning("document %s: page %d: text layer unreadable, going on without it: %s", name, number, exc)
-        return None
+        return None, ()
     lines = raw.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").split("\n")
     text = "\n".join(line.rstrip() for line in lines).strip()
-    return text or None
+    return text or None, (boxes if text else ())
+
+
+def _word_boxes(page: Any, textpage: Any, size: tuple[int, int], rotation: int) -> tuple[WordBox, ...]:
+    """The text page's words (runs of characters between white space) with their boxes in image pixels.
+
+    A character's loose box (its font's ascent to descent, as wide as its advance) is in page space; pdfium's
+    page-to-device mapping puts it on the image as rendered at ``size`` with the page's ``rotation`` (the page itself
+    is unrotated by now, so that mapping applies the rotation exactly once)."""
+    raw_page, raw_text = page.raw, textpage.raw
+    width, height = size
+    turn = (rotation // 90) % 4
+    rect = pdfium_c.FS_RECTF()
+    dx, dy = ctypes.c_int(), ctypes.c_int()
+
+    def device(x: float, y: float) -> tuple[int, int]:
+        pdfium_c.FPDF_PageToDevice(raw_page, 0, 0, width, height, turn, x, y, dx, dy)
+        return dx.value, dy.value
+
+    words: list[WordBox] = []
+    chars: list[str] = []
+    box: list[int] = []
+    line = 0
+
+    def flush() -> None:
+        if chars:
+            words.append(WordBox(box[0], box[1], box[2], box[3], "".join(chars), line))
+            chars.clear()
+
+    for i in range(pdfium_c.FPDFText_CountChars(raw_text)):
+        char = chr(pdfium_c.FPDFText_GetUnicode(raw_text, i))
+        if char in "\r\n":
+            flush()
+            if char == "\n":
+                line += 1
+            continue
+        if char.isspace() or char in "\x00\ufffe\uffff" or not pdfium_c.FPDFText_GetLooseCharBox(raw_text, i, rect):
+            flush()
+            continue
+        (x0, y0), (x1, y1) = device(rect.left, rect.top), device(rect.right, rect.bottom)
+        left, right, top, bottom = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+        if chars:
+            box[:] = [min(box[0], left), min(box[1], top), max(box[2], right), max(box[3], bottom)]
+        else:
+            box[:] = [left, top, right, bottom]
+        chars.append(char)
+    flush()
+    return tuple(words)

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from gnosis_ocr.documents.model import Page
+from gnosis_ocr.documents.model import Page, WordBox
 
 Source = Literal["ocr", "text-layer"]
 
@@ -61,6 +61,7 @@ class PageText:
     source: Source = "ocr"
     error: str | None = None
     meta: Mapping[str, object] = field(default_factory=dict)  # e.g. {"rotation": 90, "confidence": 91.2}
+    word_boxes: tuple[WordBox, ...] = ()  # the words and where they are on the page image (engines that find them)
 
     @property
     def ok(self) -> bool:

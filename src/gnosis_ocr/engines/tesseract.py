@@ -282,7 +282,7 @@ class TesseractEngine:
                     meta["orientation_confidence"] = reading.orientation_confidence
                 if reading.deskew_degrees is not None:
                     meta["deskew_degrees"] = reading.deskew_degrees
-                return PageText(page.number, reading.markdown, seconds, meta=meta)
+                return PageText(page.number, reading.markdown, seconds, meta=meta, word_boxes=reading.word_boxes)
             case Crashed(seconds=seconds):
                 error = f"the OCR engine crashed on this page ({outcome.describe()})"
             case TimedOut(limit=limit, seconds=seconds):

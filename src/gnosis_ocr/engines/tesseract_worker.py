@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
+from gnosis_ocr.documents.model import WordBox
+
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
@@ -78,6 +80,7 @@ class PageReading:
     orientation_confidence: float | None = None  # OSD's margin for the orientation, when OSD ran
     deskew_degrees: float | None = None  # degrees the page was turned clockwise to straighten it; None: not estimated
     seconds: float = 0.0  # time spent inside the worker
+    word_boxes: tuple[WordBox, ...] = ()  # the words on the page image as it came (before deskew and turning)
 
 
 class _Orientation(TypedDict):
@@ -97,6 +100,7 @@ class _Iterator(Protocol):
     def GetUTF8Text(self, level: int) -> str: ...
     def Confidence(self, level: int) -> float: ...
     def BoundingBox(self, level: int) -> tuple[int, int, int, int] | None: ...
+    def IsAtBeginningOf(self, level: int) -> bool: ...
 
 
 class _Api(Protocol):
@@ -145,7 +149,8 @@ class PageReader:
             reading = self._read_oriented(image)
         finally:
             self._api.Clear()
-        return replace(reading, deskew_degrees=turned, seconds=time.perf_counter() - started)
+        boxes = _boxes_on_page(reading.word_boxes, reading.rotation, image.size, turned or 0.0, task.size)
+        return replace(reading, deskew_degrees=turned, seconds=time.perf_counter() - started, word_boxes=boxes)
 
     def _read_oriented(self, image: Image.Image) -> PageReading:
         first, tall_lines = self._read(image)
@@ -172,8 +177,9 @@ class PageReader:
         paragraphs = _paragraphs(self._api.GetIterator())
         confidences = _word_confidences(self._api.GetIterator())
         tall, wide = _line_shapes(self._api.GetIterator())
+        boxes = _words(self._api.GetIterator())
         confidence = round(sum(confidences) / len(confidences), 1) if confidences else None
-        reading = PageReading("\n\n".join(paragraphs), 0, confidence, len(confidences))
+        reading = PageReading("\n\n".join(paragraphs), 0, confidence, len(confidences), word_boxes=boxes)
         return reading, tall > wide
 
 
@@ -333,6 +339,60 @@ def _line_shapes(iterator: _Iterator | None) -> tuple[int, int]:
                 wide += 1
         if not iterator.Next(_TEXTLINE):
             return tall, wide
+
+
+def _words(iterator: _Iterator | None) -> tuple[WordBox, ...]:
+    """Every word with its box on the image read, in reading order, numbered by text line."""
+    found: list[WordBox] = []
+    if iterator is None or iterator.Empty(_WORD):
+        return ()
+    line = -1
+    while True:
+        if iterator.IsAtBeginningOf(_TEXTLINE):
+            line += 1
+        text = iterator.GetUTF8Text(_WORD).strip()
+        box = iterator.BoundingBox(_WORD)
+        if text and box is not None:
+            found.append(WordBox(*box, text, max(line, 0)))
+        if not iterator.Next(_WORD):
+            return tuple(found)
+
+
+def _boxes_on_page(
+    boxes: tuple[WordBox, ...], rotation: int, deskewed: tuple[int, int], turned: float, page: tuple[int, int]
+) -> tuple[WordBox, ...]:
+    """Word boxes found on the image read put back on the page image (size ``page``).
+
+    The image read is the page deskewed (``rotate(-turned, expand=True)``, size ``deskewed``), then turned upright
+    (``rotate(-rotation, expand=True)``). Each box's corners are turned back through both steps about the images'
+    centres; the box around them, clipped to the page, is the word's box on the page."""
+    if not boxes:
+        return ()
+    read = (deskewed[1], deskewed[0]) if rotation in (90, 270) else deskewed
+    steps = [(float(-rotation), read, deskewed), (-turned, deskewed, page)]  # (PIL angle, its result, its source)
+    steps = [step for step in steps if step[0] % 360 or step[1] != step[2]]
+    placed: list[WordBox] = []
+    for box in boxes:
+        corners = [(float(x), float(y)) for x in (box.left, box.right) for y in (box.top, box.bottom)]
+        for angle, result, source in steps:
+            corners = [_unrotate(x, y, angle, result, source) for x, y in corners]
+        xs, ys = [x for x, _ in corners], [y for _, y in corners]
+        left, right = max(0, round(min(xs))), min(page[0], round(max(xs)))
+        top, bottom = max(0, round(min(ys))), min(page[1], round(max(ys)))
+        if right > left and bottom > top:
+            placed.append(WordBox(left, top, right, bottom, box.text, box.line))
+    return tuple(placed)
+
+
+def _unrotate(
+    x: float, y: float, angle: float, rotated: tuple[int, int], source: tuple[int, int]
+) -> tuple[float, float]:
+    """Where a point of ``image.rotate(angle, expand=True)`` (size ``rotated``) was on ``image`` (size ``source``):
+    PIL turns counter-clockwise about the centre, and ``expand`` keeps the centre in the middle."""
+    radians = math.radians(angle)
+    cos, sin = math.cos(radians), math.sin(radians)
+    ox, oy = x - rotated[0] / 2, y - rotated[1] / 2
+    return ox * cos - oy * sin + source[0] / 2, ox * sin + oy * cos + source[1] / 2
 
 
 def _score(reading: PageReading) -> float:

@@ -28,7 +28,7 @@ from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-from gnosis_ocr.documents.model import Page, PageError
+from gnosis_ocr.documents.model import Page, PageError, WordBox
 from gnosis_ocr.engines import loopguard
 from gnosis_ocr.engines.base import GREEDY, Decoding, PageText, StreamingEngine
 from gnosis_ocr.engines.profiles import upright
@@ -123,9 +123,10 @@ def page_result(
     *,
     error: str | None = None,
     meta: dict[str, object] | None = None,
+    word_boxes: tuple[WordBox, ...] = (),
 ) -> PageResult:
     width, height = page.image.size
-    return PageResult(page.number, markdown, seconds, source, error, width, height, meta or {})
+    return PageResult(page.number, markdown, seconds, source, error, width, height, meta or {}, word_boxes, page.points)
 
 
 class _Reader:
@@ -188,7 +189,8 @@ class _Reader:
                 continue
             self.sink.rendered(item)
             if self.prefer_layer and usable_text_layer(item.text_layer):
-                self.sink.done(page_result(item, (item.text_layer or "").strip(), 0.0, "text-layer"))
+                boxes = item.text_layer_boxes
+                self.sink.done(page_result(item, (item.text_layer or "").strip(), 0.0, "text-layer", word_boxes=boxes))
             elif self.policy.text_layer == "only":
                 error = "the page has no usable text layer (--text-layer only never runs OCR)"
                 self.sink.done(page_result(item, "", 0.0, "text-layer", error=error))
@@ -294,7 +296,8 @@ class _Reader:
             logger.info(
                 "%s: page %d looped %d time(s); took its text layer", self.owner, page.number, len(flight.loops)
             )
-            self.sink.done(page_result(page, (page.text_layer or "").strip(), flight.seconds, "text-layer", meta=meta))
+            text, boxes = (page.text_layer or "").strip(), page.text_layer_boxes
+            self.sink.done(page_result(page, text, flight.seconds, "text-layer", meta=meta, word_boxes=boxes))
             return
         fallback = self._fallback_engine()
         if fallback is not None:
@@ -321,7 +324,10 @@ class _Reader:
         meta = self._meta(flight, text)
         if flight.fallback is not None:
             meta["fallback"] = flight.fallback.info.name
-        self.sink.done(page_result(page, text.markdown, flight.seconds, text.source, error=text.error, meta=meta))
+        boxes = text.word_boxes
+        self.sink.done(
+            page_result(page, text.markdown, flight.seconds, text.source, error=text.error, meta=meta, word_boxes=boxes)
+        )
 
     def _meta(self, flight: _Flight, text: PageText) -> dict[str, object]:
         meta = dict(text.meta)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gnosis_ocr.documents.model import WordBox
 from gnosis_ocr.engines.base import EngineInfo, Source
 
 
@@ -18,6 +19,9 @@ class PageResult:
     width: int | None = None
     height: int | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    # Kept beside the result, not in it (to_dict leaves them out): the searchable PDF's text layer.
+    word_boxes: tuple[WordBox, ...] = ()  # words on the page image (width x height pixels)
+    points: tuple[float, float] | None = None  # the page's size in PDF points (PDF pages)
 
     @property
     def ok(self) -> bool:

@@ -5,6 +5,7 @@ Layout under the storage root::
     jobs/<id>/job.json          the JobRecord (written whole: temp + rename locally, one PUT on a bucket)
     jobs/<id>/inputs/<index>    the uploaded bytes; the original name lives only inside job.json
     jobs/<id>/pages/<n>.webp    page images for display (WebP, at most ``IMAGE_PIXELS``)
+    jobs/<id>/pages/<n>.words.json  a finished page's pixel frame, size in points and word boxes (searchable PDF)
     instances/<instance>.json   each running instance's heartbeat (shared storage takes over silent ones)
 
 Every path is built from a validated job id and integers, never from a name a user sent.
@@ -345,6 +346,15 @@ class JobStore:
             return data, IMAGE_TYPE
         older = self._read(self._image_path(job_id, n, "png"))
         return (older, "image/png") if older is not None else None
+
+    def put_words(self, job_id: str, n: int, data: bytes) -> None:
+        """A finished page's geometry for the searchable PDF (``jobs.searchable.PageGeometry``, JSON)."""
+        self._write(self._image_path(job_id, n, "words.json"), data)
+
+    def words(self, job_id: str, n: int) -> bytes | None:
+        if not valid_job_id(job_id):
+            return None
+        return self._read(self._image_path(job_id, n, "words.json"))
 
     # -- instances ---------------------------------------------------------------------------------------
 
