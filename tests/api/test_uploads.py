@@ -381,7 +381,7 @@ def test_unknown_field_message_lists_the_fields(serve: Serve) -> None:
     response = server.post(multipart(part("colour\n", b"red"), part("file", b"x", filename="a.pdf")))
     assert error_of(response)["message"] == (
         "The upload has a field `colour?` that is not taken here; "
-        "the fields are `file`, `engine`, `pages`, `text_layer`."
+        "the fields are `file`, `callback_url`, `engine`, `pages`, `text_layer`."
     )
 
 

@@ -139,6 +139,7 @@ def test_every_deploy_script_line_in_the_docs_runs(tmp_path: Path) -> None:
         "BUCKET": "acme-models",
         "BATCH_SRC": "gs://acme-docs/in",
         "BATCH_DST": "gs://acme-docs/out",
+        "VLLM_API_KEY_SECRET": "vllm-key",
     }
     for line, args in invocations:
         argv = ["bash", str(SCRIPT), *([] if "--dry-run" in args else ["--dry-run"]), *args]
@@ -178,11 +179,13 @@ def test_every_other_variable_the_docs_name_is_read_by_something() -> None:
 
 def exported_metrics() -> set[str]:
     from gnosis_ocr.api.metrics import HttpMetrics
+    from gnosis_ocr.jobs.webhooks import WebhookMetrics
     from gnosis_ocr.modelcache.metrics import CacheMetrics
 
     registry = CollectorRegistry()
     CacheMetrics(registry)
     HttpMetrics(registry)
+    WebhookMetrics(registry)
     try:
         from gnosis_ocr.jobs.metrics import JobMetrics
     except ImportError:

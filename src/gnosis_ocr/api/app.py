@@ -27,9 +27,12 @@ from gnosis_ocr.api.model_service import ModelService
 from gnosis_ocr.api.routes import cache as cache_routes
 from gnosis_ocr.api.routes import health, jobs, web
 from gnosis_ocr.api.routes.docs import install_docs
+from gnosis_ocr.api.schemas import job_out
 from gnosis_ocr.jobs.metrics import JobMetrics
+from gnosis_ocr.jobs.record import JobRecord
 from gnosis_ocr.jobs.runner import JobRunner, RunnerOptions
 from gnosis_ocr.jobs.store import JobStore
+from gnosis_ocr.jobs.webhooks import WebhookOptions
 from gnosis_ocr.modelcache import CacheMetrics, ModelCache, cache_from_settings
 from gnosis_ocr.settings import Settings
 
@@ -101,8 +104,10 @@ def create_app(
                 loop_guard=settings.vlm_loop_guard,
                 loop_retries=settings.vlm_loop_retries,
                 shutdown_grace=settings.shutdown_grace_seconds,
+                webhooks=_webhook_options(settings),
             ),
             metrics=ctx.job_metrics,
+            summary=_callback_summary,
         )
         logger.info("jobs: storage %s, instance %s", job_store.url, runner.instance)
         ctx.model, ctx.engines, ctx.jobs, ctx.views = service, engines, runner, JobViews(runner)
@@ -135,3 +140,21 @@ def create_app(
     app.include_router(web.router)
     install_docs(app)
     return app
+
+
+def _webhook_options(settings: Settings) -> WebhookOptions | None:
+    if settings.webhook_secret is None:
+        return None
+    return WebhookOptions(
+        secret=settings.webhook_secret.get_secret_value().encode(),
+        allowed_hosts=frozenset(settings.webhook_allowed_hosts),
+        max_attempts=settings.webhook_max_attempts,
+        backoff=settings.webhook_backoff_seconds,
+        timeout=settings.webhook_timeout_seconds,
+    )
+
+
+def _callback_summary(record: JobRecord) -> dict[str, object]:
+    """A callback carries the job as GET /api/v1/jobs/{id} shows it, without its pages."""
+    summary: dict[str, object] = job_out(record, pages=False).model_dump(mode="json", exclude={"pages"})
+    return summary

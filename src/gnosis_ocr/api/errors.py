@@ -21,6 +21,7 @@ from typing import ClassVar
 from gnosis_ocr.errors import (
     CacheCorruptError,
     CacheReadOnlyError,
+    CallbackRefusedError,
     ConfigError,
     DocumentError,
     DocumentLimitError,
@@ -28,6 +29,7 @@ from gnosis_ocr.errors import (
     EngineUnavailableError,
     GnosisError,
     HubError,
+    JobBusyError,
     JobFinishedError,
     JobNotFoundError,
     ModelNotCachedError,
@@ -95,6 +97,8 @@ STATUS: dict[type[GnosisError], int] = {
     EngineUnavailableError: 503,
     JobNotFoundError: 404,
     JobFinishedError: 409,
+    JobBusyError: 409,
+    CallbackRefusedError: 422,
     QueueFullError: 503,
 }
 

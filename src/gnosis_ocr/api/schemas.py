@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gnosis_ocr.api.engine_service import EngineStatus
 from gnosis_ocr.api.model_service import ModelService, Readiness, WarmState
 from gnosis_ocr.jobs.record import (
+    CallbackStatus,
     DocumentEntry,
     EngineUsed,
     ErrorInfo,
@@ -252,6 +253,10 @@ class JobOut(BaseModel):
     progress: Progress
     documents: list[DocumentEntry]
     pages: list[PageEntry] | None = Field(description="Every page of the job; left out of some events.")
+    callback: CallbackStatus | None = Field(
+        default=None,
+        description="The callback's delivery, when the upload gave a callback_url (the URL itself is never shown).",
+    )
     urls: JobUrls
 
 
@@ -291,5 +296,6 @@ def job_out(record: JobRecord, *, text: bool = True, pages: bool = True) -> JobO
         progress=record.progress(),
         documents=record.documents,
         pages=entries,
+        callback=record.callback,
         urls=job_urls(record.id),
     )

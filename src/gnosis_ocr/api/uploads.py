@@ -98,7 +98,7 @@ async def receive_upload(
     limits: UploadLimits,
     *,
     file_field: str = "file",
-    fields: frozenset[str] = frozenset({"engine", "pages", "text_layer"}),
+    fields: frozenset[str] = frozenset({"engine", "pages", "text_layer", "callback_url"}),
 ) -> ReceivedUpload:
     """Stream ``request``'s multipart body into ``staging_dir`` (created if missing) and return what it held.
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 JobStatus = Literal["queued", "processing", "done", "failed", "cancelled"]
 DocumentStatus = Literal["queued", "processing", "done", "failed", "cancelled"]
 PageStatus = Literal["pending", "done", "failed"]
+CallbackState = Literal["pending", "delivered", "failed"]
 FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{22}$"
@@ -69,6 +70,19 @@ class DocumentEntry(BaseModel):
     error: ErrorInfo | None = None
 
 
+class PageReading(BaseModel):
+    """An earlier reading of a page, kept when the page was read again (POST .../pages/{n}/retry)."""
+
+    status: PageStatus
+    engine: str | None = Field(default=None, description="The engine that made this reading.")
+    source: Literal["ocr", "text-layer"] | None = None
+    markdown: str | None = None
+    error: str | None = None
+    seconds: float | None = None
+    meta: dict[str, object] | None = None
+    replaced_at: datetime = Field(description="When a new reading took this one's place.")
+
+
 class PageEntry(BaseModel):
     n: int = Field(description="Page number across the whole job, 1-based.")
     document: int = Field(description="Index into documents.")
@@ -86,6 +100,22 @@ class PageEntry(BaseModel):
         description="What the engine said about the page: e.g. new_tokens, truncated, language, rotation; and "
         "what the loop guard did: loops (why), attempts, fallback (text-layer or tesseract).",
     )
+    engine: str | None = Field(default=None, description="The engine that read the page (null: not read yet).")
+    rerun: str | None = Field(
+        default=None, description="While the page is being read again: the engine asked for (auto: the job's)."
+    )
+    history: list[PageReading] = Field(default_factory=list, description="Earlier readings, oldest first.")
+
+
+class CallbackStatus(BaseModel):
+    """Where the job's callback (``callback_url``) stands: one delivery each time the job ends."""
+
+    state: CallbackState = Field(description="pending (being sent or retried), delivered, failed (gave up).")
+    delivery: int = Field(description="Which end of the job this is: 1, then 2 after a page was read again, ...")
+    attempts: int = Field(default=0, description="POSTs made for this delivery.")
+    last_status: int | None = Field(default=None, description="The receiver's last HTTP status.")
+    error: str | None = Field(default=None, description="Why the last attempt did not deliver.")
+    at: datetime | None = Field(default=None, description="When the state last changed.")
 
 
 class Progress(BaseModel):
@@ -106,7 +136,9 @@ class JobRecord(BaseModel):
     error: ErrorInfo | None = None
     documents: list[DocumentEntry] = Field(default_factory=list)
     pages: list[PageEntry] = Field(default_factory=list)
+    callback: CallbackStatus | None = None
     # bookkeeping, not shown by the API
+    callback_url: str | None = None  # may carry the receiver's token in its query: never logged whole
     owner: str | None = None
     attempts: int = 0
 
@@ -127,3 +159,8 @@ class JobRecord(BaseModel):
 
     def document_pages(self, index: int) -> list[PageEntry]:
         return [p for p in self.pages if p.document == index]
+
+    @property
+    def rereading(self) -> bool:
+        """Some pages wait to be read again: this run reads those only (the other pending pages stay)."""
+        return any(p.rerun is not None for p in self.pages)

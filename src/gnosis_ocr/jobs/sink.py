@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from gnosis_ocr.documents.model import Page
-from gnosis_ocr.jobs.record import JobRecord, PageEntry
+from gnosis_ocr.jobs.record import JobRecord, PageEntry, PageReading, utcnow
 from gnosis_ocr.jobs.results import PageResult
+from gnosis_ocr.jobs.searchable import geometry_of
 from gnosis_ocr.jobs.store import IMAGE_PIXELS
 
 if TYPE_CHECKING:
@@ -69,7 +70,19 @@ class JobSink:
         entry = self._entries.get(page.number)
         if entry is None:
             return
+        geometry = geometry_of(page) if page.ok else None
+        if geometry is not None:  # before the page shows as done, so whoever sees it done finds its words
+            try:
+                self._runner.store.put_words(self._record.id, entry.n, geometry.to_json())
+            except OSError as exc:  # the storage refused it; without it the PDF spreads the text down the page
+                logger.warning("job %s page %d: word boxes not stored: %s", self._record.id, entry.n, exc)
+            except Exception:  # anything else: with its traceback
+                logger.exception("job %s page %d: word boxes not stored", self._record.id, entry.n)
         with self._runner.table.changing(self._record.id):
+            if entry.rerun is not None:  # read again: the reading it replaces is kept (a new list: copies share it)
+                entry.history = [*entry.history, reading_of(entry, self._record)]
+                entry.rerun = None
+            entry.engine = self._engine or None
             entry.status = "done" if page.ok else "failed"
             entry.markdown = page.markdown
             entry.source = page.source
@@ -88,3 +101,17 @@ class JobSink:
         if page.source == "ocr" and not fallback:
             metrics.page_seconds.labels(engine=self._engine).observe(page.seconds)
         self._runner.writer.mark(self._record.id)
+
+
+def reading_of(entry: PageEntry, record: JobRecord) -> PageReading:
+    """The page's present reading, to keep in its history."""
+    return PageReading(
+        status="failed" if entry.status == "failed" else "done",
+        engine=entry.engine or (record.engine.name if record.engine else None),
+        source=entry.source,
+        markdown=entry.markdown,
+        error=entry.error,
+        seconds=entry.seconds,
+        meta=entry.meta,
+        replaced_at=utcnow(),
+    )

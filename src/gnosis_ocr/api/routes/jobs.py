@@ -6,8 +6,9 @@ import asyncio
 import errno
 import html
 import json
+import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -15,21 +16,30 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException
 
 from gnosis_ocr.api.auth import require_api_key
 from gnosis_ocr.api.deps import Context, Jobs, Views
-from gnosis_ocr.api.errors import InvalidRequestError, StorageFullError
+from gnosis_ocr.api.errors import ConflictError, InvalidRequestError, StorageFullError
 from gnosis_ocr.api.job_views import JobViews
 from gnosis_ocr.api.render import markdown_to_html
 from gnosis_ocr.api.schemas import ERROR_RESPONSES, ErrorResponse, JobOut, PageOut, job_out
-from gnosis_ocr.api.uploads import ReceivedUpload, UploadLimits, receive_upload
+from gnosis_ocr.api.uploads import (
+    BadUploadError,
+    ReceivedUpload,
+    UploadLimits,
+    UploadTooLargeError,
+    receive_upload,
+)
 from gnosis_ocr.documents.model import DocumentLimits
 from gnosis_ocr.documents.pages import parse_page_selection
 from gnosis_ocr.documents.render import open_document
 from gnosis_ocr.errors import ConfigError, JobNotFoundError
 from gnosis_ocr.jobs.export import ascii_filename, document_stems, iter_zip, job_markdown
 from gnosis_ocr.jobs.record import DocumentEntry, JobOptions, JobRecord, PageEntry, new_job_id, valid_job_id
+from gnosis_ocr.jobs.searchable import PDF_MEDIA_TYPE, job_pages, pdf_file
 from gnosis_ocr.jobs.store import JobStore
+from gnosis_ocr.jobs.webhooks import check_callback_url
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
@@ -65,6 +75,12 @@ UPLOAD_BODY: dict[str, Any] = {
                         },
                         "pages": {"type": "string", "description": "Page selection for every document, e.g. 1-3,7."},
                         "text_layer": {"type": "string", "enum": list(TEXT_LAYER_CHOICES), "default": "auto"},
+                        "callback_url": {
+                            "type": "string",
+                            "format": "uri",
+                            "maxLength": 2048,
+                            "description": "POSTed the job's summary, signed, when the job ends (docs/API.md).",
+                        },
                     },
                 },
                 "encoding": {"file": {"contentType": "application/pdf, image/*"}},
@@ -117,9 +133,11 @@ async def create_job(request: Request, ctx: Context, runner: Jobs) -> JobOut:
         with runner.store.staging() as staging:
             upload = await receive_upload(request, staging, limits)
             options = _options(upload, ctx)
+            callback_url = await _callback_url(upload, ctx)
             record = await anyio.to_thread.run_sync(
                 _new_record, upload, options, settings.limits(), limiter=ctx.document_checks
             )
+            record.callback_url = callback_url
             await anyio.to_thread.run_sync(_store_inputs, runner.store, record, upload)
         submitted = runner.submit(record)
     except BaseException as exc:
@@ -148,6 +166,21 @@ def _options(upload: ReceivedUpload, ctx: Context) -> JobOptions:
         )
     pages = fields.get("pages", "").strip() or None
     return JobOptions(engine=engine, pages=pages, text_layer=text_layer)  # type: ignore[arg-type]
+
+
+async def _callback_url(upload: ReceivedUpload, ctx: Context) -> str | None:
+    """The upload's callback_url once checked (scheme, credentials, public address; DNS in a thread)."""
+    url = upload.fields.get("callback_url", "").strip()
+    if not url:
+        return None
+    if ctx.settings.webhook_secret is None:
+        raise InvalidRequestError(
+            "This server sends no callbacks: callback_url needs GNOSIS_WEBHOOK_SECRET, which signs them.",
+            hint="Leave callback_url out and follow the job (GET .../events), or ask the operator to set "
+            "GNOSIS_WEBHOOK_SECRET.",
+        )
+    allowed = frozenset(ctx.settings.webhook_allowed_hosts)
+    return await anyio.to_thread.run_sync(check_callback_url, url, allowed)
 
 
 def _new_record(upload: ReceivedUpload, options: JobOptions, limits: DocumentLimits) -> JobRecord:
@@ -215,6 +248,11 @@ def _sse(event: str, data: str, seq: int) -> bytes:
     return f"event: {event}\nid: {seq}\ndata: {data}\n\n".encode()
 
 
+def _page_key(page: PageEntry) -> tuple[object, ...]:
+    """A finished page is sent again when it is marked for a re-reading and when the new reading lands."""
+    return (page.status, page.rerun, len(page.history))
+
+
 def _state_key(record: JobRecord) -> tuple[object, ...]:
     return (record.status, record.engine is not None, tuple(d.status for d in record.documents))
 
@@ -226,15 +264,15 @@ def _state_key(record: JobRecord) -> tuple[object, ...]:
     responses={**_JOB_RESPONSES, 200: {"content": {"text/event-stream": {}}, "description": "job, page, end events"}},
 )
 async def job_events(job_id: JobId, runner: Jobs, views: Views) -> StreamingResponse:
-    """`job` (the whole job) first, then `page` for each finished page and `job` (without pages) when the status
-    changes; `end` when the job has finished, then the stream closes."""
+    """`job` (the whole job) first, then `page` for each finished page (again when it is read again) and `job`
+    (without pages) when the status changes; `end` when the job has finished, then the stream closes."""
     first = await _snapshot(views, job_id)
 
     async def stream() -> AsyncIterator[bytes]:
         record = first
         seq = 1
         yield _sse("job", job_out(record).model_dump_json(), seq)
-        sent = {p.n for p in record.pages if p.status != "pending"}
+        sent = {p.n: _page_key(p) for p in record.pages if p.status != "pending"}
         key = _state_key(record)
         event: asyncio.Event | None = runner.watch(job_id) if runner.owns(job_id) else None
         try:
@@ -255,8 +293,8 @@ async def job_events(job_id: JobId, runner: Jobs, views: Views) -> StreamingResp
                     yield _sse("end", json.dumps({"status": "deleted"}), seq)
                     return
                 for page in record.pages:
-                    if page.status != "pending" and page.n not in sent:
-                        sent.add(page.n)
+                    if page.status != "pending" and sent.get(page.n) != _page_key(page):
+                        sent[page.n] = _page_key(page)
                         seq += 1
                         yield _sse("page", page.model_dump_json(), seq)
                 if _state_key(record) != key:
@@ -330,6 +368,69 @@ async def result_zip(job_id: JobId, runner: Jobs, views: Views) -> StreamingResp
     return StreamingResponse(iter_zip(record, runner.store, body), media_type="application/zip", headers=headers)
 
 
+PDF_CHUNK = 1024 * 1024
+
+
+@router.get(
+    "/{job_id}/result.pdf",
+    summary="A searchable PDF: the page images with their text as an invisible layer",
+    response_class=StreamingResponse,
+    responses={
+        **_JOB_RESPONSES,
+        200: {"content": {PDF_MEDIA_TYPE: {}}},
+        409: {"model": ErrorResponse, "description": "No page is rendered or read yet."},
+    },
+)
+async def result_pdf(
+    job_id: JobId,
+    runner: Jobs,
+    views: Views,
+    document: Annotated[
+        int | None, Query(ge=0, le=10_000, description="Only this document (its index in documents).")
+    ] = None,
+) -> StreamingResponse:
+    """One PDF page per job page, in order (documents one after another), so PDF page n is job page n. Built into a
+    temporary file (page images one at a time, docs/API.md), then sent in chunks; while the job runs, pages not
+    read yet are their image alone (or blank), and X-Job-Status says so."""
+    record = await _snapshot(views, job_id)
+    if document is not None and not any(d.index == document for d in record.documents):
+        raise JobNotFoundError(
+            f"Job {job_id} has no document {document}: it has {len(record.documents)}.",
+            hint="Documents are numbered from 0, in upload order (documents[].index).",
+        )
+    pages = [p for p in record.pages if document is None or p.document == document]
+    if not any(p.image or p.status == "done" for p in pages):
+        what = "has no pages" if not pages else "has no page rendered or read yet"
+        raise ConflictError(
+            f"Job {job_id} {what}: there is nothing to put in a PDF (status {record.status}).",
+            hint="Pages appear as the job runs: retry when GET /api/v1/jobs/{id} shows a page done."
+            if not record.finished
+            else "The job's documents could not be read; see its error.",
+        )
+    name = _result_name(record, "pdf")
+    if document is not None and len(record.documents) > 1:
+        stem = document_stems(record)[[d.index for d in record.documents].index(document)]
+        name = f"{stem}.pdf"
+    spool = runner.store.staging_root
+    opened = pdf_file(job_pages(record, runner.store, document), spool_dir=spool)
+    out, _ = await anyio.to_thread.run_sync(opened.__enter__)
+
+    def chunks() -> Iterator[bytes]:  # a plain iterator: Starlette reads it in a worker thread
+        try:
+            while chunk := out.read(PDF_CHUNK):
+                yield chunk
+        finally:
+            opened.__exit__(None, None, None)
+
+    size = os.fstat(out.fileno()).st_size
+    headers = {
+        "X-Job-Status": record.status,
+        "Content-Disposition": _disposition(name),
+        "Content-Length": str(size),
+    }
+    return StreamingResponse(chunks(), media_type=PDF_MEDIA_TYPE, headers=headers)
+
+
 def _page(record: JobRecord, n: int) -> PageEntry:
     page = record.page(n)
     if page is None:
@@ -390,6 +491,106 @@ async def get_page_image(job_id: JobId, n: PageNumber, runner: Jobs, views: View
 )
 async def cancel_job(job_id: JobId, runner: Jobs) -> JobOut:
     return job_out(await anyio.to_thread.run_sync(runner.cancel, job_id), text=False)
+
+
+RETRY_BODY_BYTES = 4096
+RETRY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            media: {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "engine": {
+                            "type": "string",
+                            "default": "auto",
+                            "description": "The engine to read it with; auto: the job's own.",
+                        }
+                    },
+                }
+            }
+            for media in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+        },
+    }
+}
+
+
+@router.post(
+    "/{job_id}/pages/{n}/retry",
+    status_code=202,
+    summary="Read one page again",
+    openapi_extra=RETRY_BODY,
+    responses={
+        **_JOB_RESPONSES,
+        409: {
+            "model": ErrorResponse,
+            "description": "The job still runs or was cancelled; the page is not read yet or is being read again.",
+        },
+        400: {"model": ErrorResponse, "description": "A malformed form body."},
+        413: {"model": ErrorResponse, "description": f"A body over {RETRY_BODY_BYTES} bytes."},
+    },
+)
+async def retry_page(job_id: JobId, n: PageNumber, request: Request, ctx: Context, runner: Jobs) -> JobOut:
+    """The page is read again by the job's runner (the same engine slots as every page, never its text layer); its
+    reading stays until the new one takes its place and then moves to the page's `history`. The job goes back to
+    `queued`, then ends again as `done` (or `failed` when every document failed): a `page` event carries the new
+    reading, and the callback, if any, is sent again."""
+    engine = await _retry_engine(request, ctx)
+    record = await anyio.to_thread.run_sync(runner.retry_page, job_id, n, engine)
+    return job_out(record, text=False)
+
+
+async def _retry_engine(request: Request, ctx: Context) -> str:
+    """``engine`` from an optional JSON or form body of at most RETRY_BODY_BYTES."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > RETRY_BODY_BYTES:
+            raise UploadTooLargeError(
+                f"The body is over the {RETRY_BODY_BYTES} bytes a retry takes.", hint='Send {"engine": "..."} only.'
+            )
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    fields: dict[str, object] = {}
+    if body.strip() and kind == "application/json":
+        try:
+            parsed = json.loads(bytes(body))
+        except ValueError as exc:
+            raise InvalidRequestError(f"The body is not JSON: {exc}.", hint='Send {"engine": "tesseract"}.') from exc
+        if not isinstance(parsed, dict):
+            raise InvalidRequestError("The body must be a JSON object.", hint='Send {"engine": "tesseract"}.')
+        fields = parsed
+    elif body.strip() and kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        data = bytes(body)
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=0, max_fields=4)
+        except HTTPException as exc:  # starlette's word for a malformed or oversized form
+            raise BadUploadError(
+                f"The form is not usable: {exc.detail}.", hint='Send engine=tesseract, or {"engine": "tesseract"}.'
+            ) from exc
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    elif body.strip():
+        raise InvalidRequestError(
+            f"A retry's body is JSON or a form, not {kind[:60] or 'untyped bytes'}.",
+            hint='Send {"engine": "tesseract"} as application/json, or engine=tesseract as a form.',
+        )
+    unknown = sorted(set(fields) - {"engine"})
+    if unknown:
+        raise InvalidRequestError(f"Unknown field {unknown[0][:40]!r}.", hint="A retry takes `engine` only.")
+    engine = fields.get("engine", "auto")
+    engine = engine.strip() if isinstance(engine, str) else engine
+    choices = ctx.engines.choices if ctx.engines is not None else ("auto",)
+    if engine == "":
+        engine = "auto"
+    if not isinstance(engine, str) or engine not in choices:
+        shown = engine[:40] if isinstance(engine, str) else type(engine).__name__
+        raise InvalidRequestError(f"Unknown engine {shown!r}.", hint=f"Use one of: {', '.join(choices)}.")
+    return engine
 
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a job and its files", responses=_JOB_RESPONSES)

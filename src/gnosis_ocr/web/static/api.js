@@ -70,11 +70,15 @@ function parseJson(text) {
   }
 }
 
-/** fetch() with the key; resolves to the Response when it is 2xx, else rejects with an ApiError. */
-export async function request(path, { method = "GET", accept = "application/json", signal } = {}) {
+/** fetch() with the key (and `json`, when given, as a JSON body); resolves to the Response when it is 2xx, else
+ * rejects with an ApiError. */
+export async function request(path, { method = "GET", accept = "application/json", signal, json } = {}) {
   let response;
+  const sent = headers(accept);
+  if (json !== undefined) sent.set("Content-Type", "application/json");
+  const body = json === undefined ? undefined : JSON.stringify(json);
   try {
-    response = await fetch(path, { method, headers: headers(accept), signal, cache: "no-store" });
+    response = await fetch(path, { method, headers: sent, body, signal, cache: "no-store" });
   } catch (err) {
     if (signal?.aborted) throw err;
     throw unreachable();

@@ -53,7 +53,7 @@ const ui = {
   jobStatus: $("job-status"),
   jobBar: $("job-bar"),
   cancel: $("cancel"),
-  downloads: { md: $("download-md"), json: $("download-json"), zip: $("download-zip") },
+  downloads: { md: $("download-md"), json: $("download-json"), zip: $("download-zip"), pdf: $("download-pdf") },
 };
 
 const viewer = new PageViewer(
@@ -68,8 +68,13 @@ const viewer = new PageViewer(
     note: $("page-note"),
     html: $("page-html"),
     raw: $("page-raw"),
+    retry: $("page-retry"),
+    retryNote: $("page-retry-note"),
+    retryEngine: $("retry-engine"),
+    retryButton: $("retry-page"),
   },
   (err, retry) => fail(err, retry),
+  (n, engine) => retryPage(n, engine),
 );
 
 const state = {
@@ -342,7 +347,7 @@ function newJob() {
 function applyJob(job) {
   const { pages, ...rest } = job;
   state.job = { ...(state.job ?? {}), ...rest };
-  if (Array.isArray(rest.documents)) viewer.setJob(state.job);
+  if (Array.isArray(state.job.documents)) viewer.setJob(state.job); // its status too: finished pages may be read again
   if (Array.isArray(pages)) viewer.setPages(pages);
   renderJob();
 }
@@ -491,6 +496,24 @@ async function cancelJob() {
     fail(err, cancelJob);
   }
   renderJob();
+}
+
+/** Ask for page n to be read again, then follow the job until the new reading has landed. */
+async function retryPage(n, engine) {
+  const job = state.job;
+  if (!job) return;
+  clearAlert();
+  try {
+    const response = await request(`${JOBS}/${job.id}/pages/${n}/retry`, { method: "POST", json: { engine } });
+    const marked = await response.json();
+    applyJob(marked);
+    follow(job.id);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 409) {
+      await refresh(job.id, state.follow?.signal ?? new AbortController().signal);
+    }
+    fail(err, () => retryPage(n, engine));
+  }
 }
 
 async function save(kind) {

@@ -10,18 +10,22 @@ const STATUS_WORDS = { pending: "waiting", done: "done", failed: "failed" };
 
 export class PageViewer {
   /**
-   * @param ui the elements: strip, label, prev, next, rawToggle, image, imageNote, note, html, raw
+   * @param ui the elements: strip, label, prev, next, rawToggle, image, imageNote, note, html, raw, and retry,
+   *   retryNote, retryEngine, retryButton (the offer to read a failed or fallen-back page again)
    * @param onError (error, retry) => void, for failures the viewer cannot explain itself (401 above all)
+   * @param onRetry (n, engine) => Promise, asks the server to read page n again
    */
-  constructor(ui, onError) {
+  constructor(ui, onError, onRetry) {
     this.ui = ui;
     this.onError = onError;
+    this.onRetry = onRetry;
     this.raw = false;
     this.images = new Map(); // n -> Promise of a blob: URL
     this.clear();
     ui.prev.addEventListener("click", () => this.step(-1));
     ui.next.addEventListener("click", () => this.step(1));
     ui.rawToggle.addEventListener("click", () => this.setRaw(!this.raw));
+    ui.retryButton.addEventListener("click", () => this.retry());
     document.addEventListener("keydown", (event) => this.onKey(event));
     this.setRaw(false);
   }
@@ -42,9 +46,12 @@ export class PageViewer {
     this.showImage(null);
   }
 
-  /** The job's id and documents (names label the pages). */
+  /** The job's id and documents (names label the pages), and its status (only a finished job's pages are read
+   * again). */
   setJob(job) {
-    this.job = { id: job.id, documents: Array.isArray(job.documents) ? job.documents : [] };
+    const status = job.status ?? this.job?.status;
+    this.job = { id: job.id, documents: Array.isArray(job.documents) ? job.documents : [], status };
+    if (this.selected) this.showRetry(this.pages.get(this.selected));
   }
 
   /** The job's whole page list; the strip is rebuilt when the pages themselves change. */
@@ -63,11 +70,13 @@ export class PageViewer {
     const old = this.pages.get(page.n);
     const merged = { ...(old ?? {}), ...page };
     this.pages.set(page.n, merged);
+    const reread = old && (old.rerun !== merged.rerun || readings(old) !== readings(merged));
+    if (reread) this.details.delete(page.n); // a new reading: its text is fetched again
     if (!old && !this.order.includes(page.n)) {
       this.order.push(page.n); // a page the job did not list: show it all the same
       this.buildStrip();
     }
-    if (!redraw || (old && old.status === merged.status && old.image === merged.image)) return;
+    if (!redraw || (old && !reread && old.status === merged.status && old.image === merged.image)) return;
     this.updateItem(merged);
     if (this.selected === page.n) this.show(page.n);
   }
@@ -188,6 +197,7 @@ export class PageViewer {
     ui.label.textContent = plain ? `Page ${position}` : `${this.pageName(page)} (${position})`;
     ui.prev.disabled = index <= 0;
     ui.next.disabled = index >= this.order.length - 1;
+    this.showRetry(page);
 
     if (page.status === "done") {
       this.note(fallbackWords(page) ?? "");
@@ -228,6 +238,38 @@ export class PageViewer {
   note(text) {
     this.ui.note.textContent = text;
     this.ui.note.hidden = !text;
+  }
+
+  /** The offer to read the page again: on a failed page, or one whose text is not the engine's own reading. */
+  showRetry(page) {
+    const ui = this.ui;
+    const finished = this.job?.status === "done" || this.job?.status === "failed";
+    const rereading = Boolean(page?.rerun);
+    const bad = page && (page.status === "failed" || page.error || page.source !== "ocr" || page.meta?.fallback);
+    ui.retry.hidden = !page || page.status === "pending" || !(bad || rereading || readings(page) > 0);
+    if (ui.retry.hidden) return;
+    const earlier = readings(page);
+    const history = earlier ? `It was read ${earlier + 1} times; the earlier readings are in the JSON.` : "";
+    const layer = page.source === "text-layer" && !page.meta?.fallback ? "This text is the PDF's own text layer. " : "";
+    ui.retryNote.textContent = rereading ? "This page is being read again…" : `${layer}${history}`.trim();
+    ui.retryButton.disabled = rereading || !finished || this.busy === page.n;
+    ui.retryEngine.disabled = ui.retryButton.disabled;
+    ui.retryButton.hidden = !bad && !rereading;
+    ui.retryEngine.hidden = ui.retryButton.hidden;
+  }
+
+  async retry() {
+    const n = this.selected;
+    const page = this.pages.get(n);
+    if (!page || !this.onRetry) return;
+    this.busy = n;
+    this.showRetry(page);
+    try {
+      await this.onRetry(n, this.ui.retryEngine.value);
+    } finally {
+      this.busy = 0;
+      if (this.selected === n) this.showRetry(this.pages.get(n));
+    }
   }
 
   detail(id, n) {
@@ -300,6 +342,11 @@ export class PageViewer {
     this.ui.html.hidden = raw;
     this.ui.raw.hidden = !raw;
   }
+}
+
+/** How many earlier readings the page keeps. */
+function readings(page) {
+  return Array.isArray(page?.history) ? page.history.length : 0;
 }
 
 /** What the loop guard did to a page, in words; null for a page read as usual. */
