@@ -63,6 +63,8 @@ const viewer = new PageViewer(
     prev: $("prev-page"),
     next: $("next-page"),
     rawToggle: $("raw-toggle"),
+    blocksToggle: $("blocks-toggle"),
+    outlines: $("block-outlines"),
     image: $("page-image"),
     imageNote: $("page-image-note"),
     note: $("page-note"),

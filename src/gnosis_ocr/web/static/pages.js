@@ -10,8 +10,9 @@ const STATUS_WORDS = { pending: "waiting", done: "done", failed: "failed" };
 
 export class PageViewer {
   /**
-   * @param ui the elements: strip, label, prev, next, rawToggle, image, imageNote, note, html, raw, and retry,
-   *   retryNote, retryEngine, retryButton (the offer to read a failed or fallen-back page again)
+   * @param ui the elements: strip, label, prev, next, rawToggle, blocksToggle and outlines (the layout engine's
+   *   blocks drawn over the page image), image, imageNote, note, html, raw, and retry, retryNote, retryEngine,
+   *   retryButton (the offer to read a failed or fallen-back page again)
    * @param onError (error, retry) => void, for failures the viewer cannot explain itself (401 above all)
    * @param onRetry (n, engine) => Promise, asks the server to read page n again
    */
@@ -20,11 +21,13 @@ export class PageViewer {
     this.onError = onError;
     this.onRetry = onRetry;
     this.raw = false;
+    this.outlined = false;
     this.images = new Map(); // n -> Promise of a blob: URL
     this.clear();
     ui.prev.addEventListener("click", () => this.step(-1));
     ui.next.addEventListener("click", () => this.step(1));
     ui.rawToggle.addEventListener("click", () => this.setRaw(!this.raw));
+    ui.blocksToggle.addEventListener("click", () => this.setOutlined(!this.outlined));
     ui.retryButton.addEventListener("click", () => this.retry());
     document.addEventListener("keydown", (event) => this.onKey(event));
     this.setRaw(false);
@@ -198,6 +201,7 @@ export class PageViewer {
     ui.prev.disabled = index <= 0;
     ui.next.disabled = index >= this.order.length - 1;
     this.showRetry(page);
+    this.drawBlocks(page);
 
     if (page.status === "done") {
       this.note(fallbackWords(page) ?? "");
@@ -309,6 +313,7 @@ export class PageViewer {
       img.hidden = true;
       img.removeAttribute("src");
     }
+    this.ui.outlines.hidden = !url || !this.outlined || this.ui.blocksToggle.hidden;
     this.ui.imageNote.textContent = message;
     this.ui.imageNote.hidden = !message;
   }
@@ -334,6 +339,46 @@ export class PageViewer {
       ui.html.replaceChildren(el("pre", "raw", detail.markdown ?? ""));
     }
     ui.raw.textContent = detail.markdown ?? "";
+  }
+
+  /** Boxes over the page image for the blocks (and running headers and footers) the layout engine found; the
+   * toggle shows only on a page that has them. Positions are shares of the page as it was read (width x height),
+   * so they hold whatever size the image is shown at. */
+  drawBlocks(page) {
+    const ui = this.ui;
+    const meta = page?.meta ?? {};
+    const blocks = [...(Array.isArray(meta.blocks) ? meta.blocks : []), ...(Array.isArray(meta.furniture) ? meta.furniture : [])];
+    const width = page?.width;
+    const height = page?.height;
+    const usable = page?.status === "done" && blocks.length > 0 && width > 0 && height > 0;
+    ui.blocksToggle.hidden = !usable;
+    ui.outlines.replaceChildren();
+    if (!usable) {
+      ui.outlines.hidden = true;
+      return;
+    }
+    for (const block of blocks) {
+      const box = block?.bbox;
+      if (!Array.isArray(box) || box.length !== 4) continue;
+      const [x0, y0, x1, y1] = box.map(Number);
+      const kind = String(block.type ?? "text").replace(/[^a-z_]/g, "");
+      const outline = el("div", `block-outline block-${kind}`);
+      outline.dataset.type = kind;
+      outline.style.left = `${(100 * x0) / width}%`;
+      outline.style.top = `${(100 * y0) / height}%`;
+      outline.style.width = `${(100 * Math.max(0, x1 - x0)) / width}%`;
+      outline.style.height = `${(100 * Math.max(0, y1 - y0)) / height}%`;
+      const order = Number.isInteger(block.order) && block.order >= 0 ? `${block.order + 1} ` : "";
+      outline.append(el("span", "block-label", `${order}${kind.replace("_", " ")}`));
+      ui.outlines.append(outline);
+    }
+    ui.outlines.hidden = !this.outlined || ui.image.hidden;
+  }
+
+  setOutlined(outlined) {
+    this.outlined = outlined;
+    this.ui.blocksToggle.setAttribute("aria-pressed", String(outlined));
+    this.ui.outlines.hidden = !outlined || this.ui.image.hidden || this.ui.blocksToggle.hidden;
   }
 
   setRaw(raw) {
