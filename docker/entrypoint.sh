@@ -9,8 +9,8 @@
 # complete) and exports the flags when the configured model (MODEL_NAME@GNOSIS_MODEL_REVISION) is complete.
 #
 # Left alone: flags the operator set (HF_HUB_OFFLINE given explicitly wins), GNOSIS_CACHE_MODE=refresh (it must
-# ask the hub for a newer commit), GNOSIS_ENGINE=tesseract (no model), and every other command (cache warm, push,
-# info, ...). GNOSIS_ENTRYPOINT_PROBE=0 skips the check. The token (HF_TOKEN) is never printed.
+# ask the hub for a newer commit), GNOSIS_ENGINE=tesseract or layout (no hub model), and every other command (cache
+# warm, push, info, ...). GNOSIS_ENTRYPOINT_PROBE=0 skips the check. The token (HF_TOKEN) is never printed.
 set -eu
 
 log() {
@@ -45,10 +45,12 @@ settle_offline_flags() {
         log "HF_HUB_OFFLINE=${HF_HUB_OFFLINE} was set by the operator; left as it is"
         return 0
     fi
-    if [ "${GNOSIS_ENGINE:-auto}" = "tesseract" ]; then
-        log "engine tesseract: no model to load; hub flags left as they are"
-        return 0
-    fi
+    case "${GNOSIS_ENGINE:-auto}" in
+        tesseract | layout)
+            log "engine ${GNOSIS_ENGINE}: no model to load; hub flags left as they are"
+            return 0
+            ;;
+    esac
     if [ "$mode" = "refresh" ]; then
         log "GNOSIS_CACHE_MODE=refresh: the hub stays reachable to look for a newer commit"
         return 0

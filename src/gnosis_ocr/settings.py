@@ -28,7 +28,8 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_CACHE_DOWNLOAD_WORKERS`` files downloaded in parallel by ``warm`` (default 4).
 ``GNOSIS_ENGINE``              ``auto`` | ``nanonets`` | ``tesseract`` | ``layout`` | ``remote``: auto takes the VLM
                                where a GPU is and the model is complete in the cache (auto never downloads), else
-                               tesseract, and says why; layout adds tables, headings and reading order on CPU;
+                               layout where its model file is installed, else tesseract, and says why; layout adds
+                               tables, headings and reading order on CPU;
                                remote reads pages on an OpenAI-compatible server (``GNOSIS_VLM_URL``).
 ``GNOSIS_ENGINE_PLUGINS``      engines gnosis-ocr does not ship: ``name=package.module:factory``, comma-separated;
                                ``GNOSIS_ENGINE`` and an upload's ``engine`` may then name them (engines/plugins.py).

@@ -327,7 +327,7 @@ def test_the_runtime_stage_is_a_non_root_service(image: tuple[str, Dockerfile]) 
     assert env.get("PORT") == "8080"
     assert final.all("EXPOSE") == ["8080"]
     if kind == "cpu":
-        assert env["GNOSIS_ENGINE"] == "tesseract"
+        assert env["GNOSIS_ENGINE"] == "layout"
     if kind == "gpu":
         assert env["GNOSIS_VLM_BACKEND"] == "auto", "vLLM on the GPU where the image has it, else transformers"
         assert env["VLLM_NO_USAGE_STATS"] == "1"

@@ -197,6 +197,7 @@ def test_exit_zero_without_a_complete_state_is_not_taken_for_complete(entrypoint
         ({"GNOSIS_CACHE_MODE": "refresh"}, "refresh"),
         ({"HF_HUB_OFFLINE": "0"}, "operator"),
         ({"GNOSIS_ENGINE": "tesseract"}, "tesseract"),
+        ({"GNOSIS_ENGINE": "layout"}, "layout"),
         ({"GNOSIS_ENTRYPOINT_PROBE": "0"}, "skipped"),
     ],
 )

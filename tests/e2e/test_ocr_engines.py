@@ -94,12 +94,25 @@ def _text_image(line: str) -> Image.Image:
     return image
 
 
-def test_auto_on_a_machine_without_gpu_takes_tesseract_and_says_why(tmp_path: Path) -> None:
+def test_auto_on_a_machine_without_gpu_takes_the_layout_engine_else_tesseract_and_says_why(tmp_path: Path) -> None:
+    from gnosis_ocr.engines.layout import find_layout_model
+
     pdf = tmp_path / "letter.pdf"
     pdf.write_bytes(make.text_pdf([["The quick brown fox jumps over the lazy dog again and again."]]))
-    run = _ocr([str(pdf), "--text-layer", "never"], MODEL_CACHE_PATH=str(tmp_path / "cache"))
+    cache = str(tmp_path / "cache")
+    find_layout_model()  # the dev install (scripts/dev setup) has the layout model: auto takes the layout engine
+    run = _ocr([str(pdf), "--text-layer", "never"], MODEL_CACHE_PATH=cache)
     assert run.returncode == 0, run.stderr
-    assert "engine: tesseract (no CUDA GPU" in run.stderr
+    said = " ".join(run.stderr.split())  # the terminal wraps the line
+    assert "engine: layout (no CUDA GPU here, so the layout engine" in said
+    assert "quick brown fox" in run.stdout
+
+    absent = tmp_path / "absent.onnx"  # without its model file auto falls back to tesseract, and says why
+    run = _ocr([str(pdf), "--text-layer", "never"], MODEL_CACHE_PATH=cache, GNOSIS_LAYOUT_MODEL=str(absent))
+    assert run.returncode == 0, run.stderr
+    said = " ".join(run.stderr.split())
+    assert "engine: tesseract (no CUDA GPU here, so tesseract, as the layout engine is not installed" in said
+    assert str(absent) in said
     assert "quick brown fox" in run.stdout
 
 

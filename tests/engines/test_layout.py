@@ -286,6 +286,25 @@ def test_compose_reads_a_thrice_boxed_page_number_once_and_keeps_prose_out_of_he
     assert len(seen) == 3  # each empty box was read; the repeated number was dropped afterwards
 
 
+def test_a_page_whose_only_text_is_taken_for_a_header_keeps_it() -> None:
+    """One line set near the top edge, which the model boxes as a header: it is the page's text, not furniture to
+    drop (before, the page's Markdown came back empty)."""
+    from gnosis_ocr.engines.layout_blocks import Region, compose
+
+    tokens = "The quick brown fox jumps over the lazy dog again and again.".split()
+    words, left = [], 83
+    for token in tokens:
+        words.append(Word(token, (left, 34, left + 12 * len(token), 60), 95.0, 0, 0))
+        left += 12 * len(token) + 10
+    layout = compose([Region("header", (83, 34, 811, 60), 0.82)], words, (850, 1100))
+    assert layout.body == () and [b.kind for b in layout.furniture] == ["header"]  # meta says what it is
+    assert layout.markdown() == " ".join(tokens)
+
+    words_below = [Word("Body", (100, 500, 160, 520), 95.0, 1, 1), Word("text.", (170, 500, 230, 520), 95.0, 1, 1)]
+    with_body = compose([Region("header", (83, 34, 811, 60), 0.82)], words + words_below, (850, 1100))
+    assert with_body.markdown() == "Body text."  # with a body of its own, the header leaves the Markdown
+
+
 def test_a_missing_or_changed_model_file_is_refused_naming_the_fix(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailableError) as missing:
         LayoutEngine(model=tmp_path / "nowhere.onnx").load()

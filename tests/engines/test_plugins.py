@@ -120,14 +120,19 @@ def a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("a_gpu")
-def test_auto_takes_the_vlm_only_when_its_model_is_complete_in_the_cache(cache: ModelCache, hub: LocalHub) -> None:
+def test_auto_takes_the_vlm_only_when_its_model_is_complete_in_the_cache(
+    cache: ModelCache, hub: LocalHub, tmp_path: Path
+) -> None:
     from gnosis_ocr.engines import choose_engine
 
-    settings = _settings(model_name=REPO, model_cache_path=cache.root)
+    # no layout model where this one points: the CPU engine auto falls back to is tesseract (tests/engines/test_layout
+    # has the layout side)
+    settings = _settings(model_name=REPO, model_cache_path=cache.root, layout_model=tmp_path / "absent.onnx")
     hub.reset_counters()
     name, reason = choose_engine(settings, cache)
     assert name == "tesseract"
     assert "is absent in the cache, and auto does not download it" in reason
+    assert "so tesseract, as the layout engine is not installed" in reason and "absent.onnx" in reason
     assert f"gnosis-ocr cache warm {REPO}" in reason
     assert hub.request_count == 0  # choosing asked the hub nothing
 

@@ -113,8 +113,9 @@ EngineOpt = Annotated[
     typer.Option(
         "--engine",
         "-e",
-        help="auto (the VLM with a GPU and a complete cached model, else tesseract), vlm, tesseract, layout, remote, "
-        "or an engine named in GNOSIS_ENGINE_PLUGINS. Default: GNOSIS_ENGINE or auto.",
+        help="auto (the VLM with a GPU and a complete cached model, else layout where its model file is installed, "
+        "else tesseract), vlm, tesseract, layout, remote, or an engine named in GNOSIS_ENGINE_PLUGINS. "
+        "Default: GNOSIS_ENGINE or auto.",
     ),
 ]
 ModelOpt = Annotated[

@@ -34,7 +34,8 @@ def serve(
     /metrics. docs/API.md describes every route.
 
     It answers at once and loads the default engine in the background (GNOSIS_ENGINE; auto takes the VLM with a
-    GPU, else tesseract, and /readyz says which and why). For the VLM the model is resolved first as
+    GPU and the model complete in the cache, else the layout engine where its model file is installed, else tesseract;
+    /readyz says which and why). For the VLM the model is resolved first as
     GNOSIS_CACHE_MODE says: a complete cache loads with no network, `auto` warms a missing model (progress in
     /readyz and GET /api/v1/cache), `offline` stays not ready and says which command fixes it.
 

@@ -32,6 +32,7 @@ __all__ = [
     "StreamingEngine",
     "choose_backend",
     "choose_engine",
+    "cpu_engine",
     "engine_from_settings",
     "gpu_available",
     "streaming",
@@ -47,24 +48,40 @@ def gpu_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def cpu_engine(settings: Settings) -> tuple[EngineName, str]:
+    """(engine name, why) of the CPU engine ``auto`` takes: ``layout`` (tables, headings, reading order, running
+    headers and footers) where its model file is installed, else ``tesseract``."""
+    from gnosis_ocr.engines.layout import find_layout_model
+
+    try:
+        find_layout_model(settings.layout_model)
+    except EngineUnavailableError as exc:
+        return "tesseract", f"tesseract, as the layout engine is not installed: {exc.message.rstrip('.')}"
+    return "layout", "the layout engine (tables, headings, reading order) on tesseract"
+
+
 def choose_engine(settings: Settings, cache: ModelCache) -> tuple[EngineName, str]:
-    """(engine name, reason) for ``auto``: the VLM with a GPU and the model complete in the cache, else tesseract.
+    """(engine name, reason) for ``auto``: the VLM with a GPU and the model complete in the cache, else the CPU
+    engine (``cpu_engine``: layout where its model file is installed, else tesseract).
 
     ``auto`` takes what is ready and never starts a download: a model of several GB comes only when someone asks for
     it (``gnosis-ocr cache warm``, or the VLM named with ``--engine vlm`` / ``GNOSIS_ENGINE=vlm``)."""
     if not gpu_available():
+        cpu, why = cpu_engine(settings)
         return (
-            "tesseract",
-            "no CUDA GPU here; the VLM would take minutes per page on CPU (force it with --engine vlm)",
+            cpu,
+            f"no CUDA GPU here, so {why}; the VLM would take minutes per page on CPU (force it with --engine vlm)",
         )
     if importlib.util.find_spec("transformers") is None:
-        return "tesseract", "a GPU is here but transformers is not installed (pip install 'gnosis-ocr[torch]')"
+        cpu, why = cpu_engine(settings)
+        return cpu, f"a GPU is here but transformers is not installed (pip install 'gnosis-ocr[torch]'), so {why}"
     report = cache.status(settings.model_name, settings.model_revision)
     if report.complete:
         return "vlm", f"GPU and a complete cached {settings.model_name}@{(report.commit or '')[:7]}"
-    return "tesseract", (
-        f"a GPU is here but {settings.model_name} is {report.state} in the cache, and auto does not download it; "
-        f"run `gnosis-ocr cache warm {settings.model_name}` (or choose --engine vlm) to use the VLM"
+    cpu, why = cpu_engine(settings)
+    return cpu, (
+        f"a GPU is here but {settings.model_name} is {report.state} in the cache, and auto does not download it, so "
+        f"{why}; run `gnosis-ocr cache warm {settings.model_name}` (or choose --engine vlm) to use the VLM"
     )
 
 

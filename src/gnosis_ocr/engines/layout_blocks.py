@@ -111,8 +111,10 @@ class PageLayout:
     furniture: tuple[Block, ...]  # running headers, footers, page numbers: not in the Markdown by default
 
     def markdown(self, *, keep_furniture: bool = False) -> str:
+        """The body in reading order; the furniture too when asked, or when the page has no body of its own (a
+        page whose only text sits in the header band, or that the model boxed as a header, keeps that text)."""
         blocks = list(self.body)
-        if keep_furniture:
+        if keep_furniture or not blocks:
             top = [b for b in self.furniture if b.kind == "header"]
             bottom = [b for b in self.furniture if b.kind != "header"]
             blocks = top + blocks + bottom

@@ -70,7 +70,7 @@ UPLOAD_BODY: dict[str, Any] = {
                         },
                         "engine": {
                             "type": "string",
-                            "enum": ["auto", "vlm", "nanonets", "tesseract"],
+                            "enum": ["auto", "vlm", "nanonets", "tesseract", "layout"],
                             "default": "auto",
                         },
                         "pages": {"type": "string", "description": "Page selection for every document, e.g. 1-3,7."},
