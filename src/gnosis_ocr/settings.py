@@ -94,6 +94,9 @@ Variables (the seed deployment's names are honoured as they are):
 ``GNOSIS_MAX_FILES``, ``GNOSIS_MAX_UPLOAD_BYTES``, ``GNOSIS_MAX_QUEUED_JOBS``
                                files per job (20), bytes per upload request (1 GiB; each file is also
                                bound by ``GNOSIS_MAX_BYTES``), jobs waiting before uploads get 503 (100).
+``GNOSIS_MAX_PDF_BUILDS``      searchable PDFs (``result.pdf``) built and sent at once (default 2); one more is
+                               answered 503 with Retry-After (each takes a core and ~100 MiB while it builds, and
+                               its file in the storage's staging folder until it is sent).
 ``GNOSIS_API_KEY``             when set, every HTTP route but ``/healthz``, ``/readyz``, the docs and the UI's
                                files needs it, as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (never
                                logged); several keys separated by commas are all accepted (key rotation).
@@ -230,6 +233,7 @@ class Settings(BaseSettings):
     max_files: int = Field(default=20, ge=1, le=1000)  # files per job
     max_upload_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)  # one request, all files together
     max_queued_jobs: int = Field(default=100, ge=1)
+    max_pdf_builds: int = Field(default=2, ge=1, le=64)
 
     log_level: str = "INFO"
 

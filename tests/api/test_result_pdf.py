@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,30 @@ def test_nothing_to_put_in_a_pdf_yet_is_409_and_an_unknown_job_404(
     assert unknown.status_code == 404
     for job in (busy, queued):
         app.client.post(f"/api/v1/jobs/{job['id']}/cancel")
+
+
+def test_pdf_builds_at_once_are_bounded_and_a_slot_frees_when_the_body_is_sent(
+    cache_root: Path, tmp_path: Path, live: Callable[..., Live]
+) -> None:
+    app = live(make_settings(cache_root, engine="fake", storage=str(tmp_path), max_pdf_builds=1))
+    # 16 pages of noise: a PDF of ~14 MB, more than the loopback socket buffers take, so its body is still being sent
+    # while the first response is not read
+    noise = [Image.frombytes("L", (1600, 1200), os.urandom(1600 * 1200)) for _ in range(16)]
+    job = submit(app.client, [(f"scan{n}.png", make.image_bytes(image, "PNG")) for n, image in enumerate(noise)])
+    assert wait_finished(app.client, job["id"], timeout=60)["status"] == "done"
+    url = f"/api/v1/jobs/{job['id']}/result.pdf"
+    with app.client.stream("GET", url, timeout=60) as first:  # built, its body not all sent: the slot is held
+        assert int(first.headers["content-length"]) > 12_000_000
+        assert first.status_code == 200
+        second = app.client.get(url, timeout=60)
+        assert second.status_code == 503, second.text
+        assert second.headers["retry-after"] == "5"
+        error = second.json()["error"]
+        assert error["type"] == "BusyError"
+        assert "1 searchable PDF(s) are being built or sent already" in error["message"]
+        assert "GNOSIS_MAX_PDF_BUILDS" in error["hint"]
+        assert first.read().startswith(b"%PDF-")
+    # the body was sent: the slot is free again, for as many downloads one after another as anyone wants
+    for _ in range(2):
+        again = app.client.get(url, timeout=60)
+        assert again.status_code == 200 and again.content.startswith(b"%PDF-")

@@ -291,7 +291,7 @@ def test_a_page_whose_only_text_is_taken_for_a_header_keeps_it() -> None:
     drop (before, the page's Markdown came back empty)."""
     from gnosis_ocr.engines.layout_blocks import Region, compose
 
-    tokens = "The quick brown fox jumps over the lazy dog again and again.".split()
+    tokens = ["The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "again", "and", "again."]
     words, left = [], 83
     for token in tokens:
         words.append(Word(token, (left, 34, left + 12 * len(token), 60), 95.0, 0, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
@@ -38,9 +39,12 @@ class AppContext:
     views: JobViews | None = None
     # upload checks (open each document in an open worker) waiting at once; the rest wait here, not in threads
     document_checks: anyio.CapacityLimiter = field(init=False)
+    # searchable PDFs being built or sent (result.pdf): taken without waiting, given back when the body is sent
+    pdf_builds: threading.BoundedSemaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.document_checks = anyio.CapacityLimiter(max(1, self.settings.render_workers))
+        self.pdf_builds = threading.BoundedSemaphore(self.settings.max_pdf_builds)
 
 
 def app_context(request: Request) -> AppContext:

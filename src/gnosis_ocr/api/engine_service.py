@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 EngineState = Literal["choosing", "waiting for the model", "loading", "ready", "failed", "stopped"]
 Factory = Callable[[Settings, ModelCache, str], Engine | StreamingEngine]
-PUBLIC_ENGINES: tuple[EngineName, ...] = ("auto", "vlm", "nanonets", "tesseract", "layout")  # nanonets: vlm's older name
+# nanonets: vlm's older name
+PUBLIC_ENGINES: tuple[EngineName, ...] = ("auto", "vlm", "nanonets", "tesseract", "layout")
 
 
 def canonical(name: str) -> str:

@@ -10,6 +10,7 @@ word for, all still ``GnosisError`` so one handler serves everything::
         ├── CrossSiteError            403: a state-changing request from another site's page
         ├── HostNotAllowedError       421: a Host that GNOSIS_ALLOWED_HOSTS does not name
         ├── UnavailableError          503: not ready yet, or shutting down
+        │   └── BusyError             503: as much of this work as the server does at once runs already (Retry-After)
         ├── StorageFullError          507: the job storage has no space left (Retry-After)
         └── InvalidRequestError       422: a field's value cannot be used
 """
@@ -64,6 +65,10 @@ class HostNotAllowedError(ServiceError):
 
 class UnavailableError(ServiceError):
     status = 503
+
+
+class BusyError(UnavailableError):
+    """503: the server does as much of this work at once as it allows (PDF builds); retry after a few seconds."""
 
 
 class StorageFullError(ServiceError):

@@ -21,13 +21,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gnosis_ocr.api.errors import StorageFullError, UnauthorizedError, status_for
+from gnosis_ocr.api.errors import BusyError, StorageFullError, UnauthorizedError, status_for
 from gnosis_ocr.errors import GnosisError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
 AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="gnosis-ocr"'}
 RETRY_LATER = {"Retry-After": "30"}
+RETRY_SOON = {"Retry-After": "5"}
 
 
 def error_body(kind: str, message: str, hint: str | None = None) -> dict[str, dict[str, str | None]]:
@@ -51,6 +52,8 @@ async def _gnosis_error(request: Request, exc: Exception) -> Response:
         headers = AUTHENTICATE
     elif isinstance(exc, QueueFullError | StorageFullError):
         headers = RETRY_LATER
+    elif isinstance(exc, BusyError):
+        headers = RETRY_SOON
     return error_response(status, type(exc).__name__, exc.message, exc.hint, headers)
 
 

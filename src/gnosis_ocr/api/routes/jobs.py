@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 
 from gnosis_ocr.api.auth import require_api_key
 from gnosis_ocr.api.deps import Context, Jobs, Views
-from gnosis_ocr.api.errors import ConflictError, InvalidRequestError, StorageFullError
+from gnosis_ocr.api.errors import BusyError, ConflictError, InvalidRequestError, StorageFullError
 from gnosis_ocr.api.job_views import JobViews
 from gnosis_ocr.api.render import markdown_to_html
 from gnosis_ocr.api.schemas import ERROR_RESPONSES, ErrorResponse, JobOut, PageOut, job_out
@@ -379,12 +379,14 @@ PDF_CHUNK = 1024 * 1024
         **_JOB_RESPONSES,
         200: {"content": {PDF_MEDIA_TYPE: {}}},
         409: {"model": ErrorResponse, "description": "No page is rendered or read yet."},
+        503: {"model": ErrorResponse, "description": "GNOSIS_MAX_PDF_BUILDS PDFs are being built already."},
     },
 )
 async def result_pdf(
     job_id: JobId,
     runner: Jobs,
     views: Views,
+    ctx: Context,
     document: Annotated[
         int | None, Query(ge=0, le=10_000, description="Only this document (its index in documents).")
     ] = None,
@@ -411,9 +413,18 @@ async def result_pdf(
     if document is not None and len(record.documents) > 1:
         stem = document_stems(record)[[d.index for d in record.documents].index(document)]
         name = f"{stem}.pdf"
-    spool = runner.store.staging_root
-    opened = pdf_file(job_pages(record, runner.store, document), spool_dir=spool)
-    out, _ = await anyio.to_thread.run_sync(opened.__enter__)
+    if not ctx.pdf_builds.acquire(blocking=False):  # each build takes a core, memory and a file until it is sent
+        raise BusyError(
+            f"{ctx.settings.max_pdf_builds} searchable PDF(s) are being built or sent already.",
+            hint="Retry in a few seconds (Retry-After); GNOSIS_MAX_PDF_BUILDS sets how many at once.",
+        )
+    try:
+        spool = runner.store.staging_root
+        opened = pdf_file(job_pages(record, runner.store, document), spool_dir=spool)
+        out, _ = await anyio.to_thread.run_sync(opened.__enter__)
+    except BaseException:
+        ctx.pdf_builds.release()
+        raise
 
     def chunks() -> Iterator[bytes]:  # a plain iterator: Starlette reads it in a worker thread
         try:
@@ -421,6 +432,7 @@ async def result_pdf(
                 yield chunk
         finally:
             opened.__exit__(None, None, None)
+            ctx.pdf_builds.release()
 
     size = os.fstat(out.fileno()).st_size
     headers = {
