@@ -21,6 +21,7 @@ import uvicorn
 
 from gnosis_ocr.api import create_app
 from gnosis_ocr.jobs.record import valid_job_id
+from gnosis_ocr.modelcache.layout import TEMP_MARKER
 from tests.api.conftest import make_settings, wait_for
 from tests.api.jobclient import upload, wait_finished
 from tests.documents import make
@@ -612,8 +613,9 @@ def test_afterwards_nothing_is_left_over_and_jobs_still_run(server: Server) -> N
 
 
 def _page_file(name: str) -> str:
-    """The page number in a page's image (``3.webp``) or word boxes (``3.words.json``)."""
-    return name.removesuffix(".webp").removesuffix(".words.json")
+    """The page number in a page's image (``3.webp``) or word boxes (``3.words.json``), also while the atomic
+    writer has it under its temporary name (``3.webp<TEMP_MARKER>host-pid-random``: the first job still runs)."""
+    return name.split(TEMP_MARKER, 1)[0].removesuffix(".webp").removesuffix(".words.json")
 
 
 def _cell(text: str) -> str:
