@@ -273,6 +273,19 @@ cmd_warm_job() {
     run gcloud run jobs execute "$WARM_JOB" "${SCOPE[@]}" --wait
 }
 
+# The front service's access and revision flags, appended to the caller's `extra`: PUBLIC decides whether anyone may
+# call it, REVISION_TAG deploys a tagged revision that takes no traffic.
+front_access_args() {
+    if [[ $PUBLIC == 1 ]]; then
+        extra+=(--allow-unauthenticated)
+    else
+        extra+=(--no-allow-unauthenticated)
+    fi
+    if [[ -n $REVISION_TAG ]]; then
+        extra+=(--tag="$REVISION_TAG" --no-traffic)
+    fi
+}
+
 cmd_deploy() {
     local env="$MODEL_ENV,GNOSIS_CACHE_MODE=offline,GNOSIS_ENGINE=nanonets"
     local extra=()
@@ -285,14 +298,7 @@ cmd_deploy() {
     if [[ -n $API_KEY_SECRET ]]; then
         extra+=(--set-secrets="GNOSIS_API_KEY=$API_KEY_SECRET:latest")
     fi
-    if [[ $PUBLIC == 1 ]]; then
-        extra+=(--allow-unauthenticated)
-    else
-        extra+=(--no-allow-unauthenticated)
-    fi
-    if [[ -n $REVISION_TAG ]]; then
-        extra+=(--tag="$REVISION_TAG" --no-traffic)
-    fi
+    front_access_args
     # Startup probe on /readyz: a revision whose cache is not complete never takes traffic (offline mode refuses
     # to download). 24 x 10 s = 4 minutes for the cache check and the load.
     run gcloud run deploy "$SERVICE" "${SCOPE[@]}" \
@@ -418,14 +424,7 @@ cmd_vllm() {
     if [[ -n $API_KEY_SECRET ]]; then
         secrets+=",GNOSIS_API_KEY=$API_KEY_SECRET:latest"
     fi
-    if [[ $PUBLIC == 1 ]]; then
-        extra+=(--allow-unauthenticated)
-    else
-        extra+=(--no-allow-unauthenticated)
-    fi
-    if [[ -n $REVISION_TAG ]]; then
-        extra+=(--tag="$REVISION_TAG" --no-traffic)
-    fi
+    front_access_args
     run gcloud run deploy "$SERVICE" "${SCOPE[@]}" \
         --image="$FRONT_IMAGE" \
         --service-account="$SERVICE_ACCOUNT" \

@@ -41,7 +41,7 @@ from tests.api.jobclient import submit, wait_finished
 from tests.conftest import REPO
 from tests.documents import make
 from tests.support.hubserver import LocalHub
-from tests.support.objectstores import free_port
+from tests.support.objectstores import free_port, terminate
 from tests.support.vllmenv import NO_VLLM, ROOT, isolation, vllm_env, vllm_python
 
 VLLM_PYTHON = vllm_python()
@@ -147,13 +147,7 @@ class Server:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM the server and wait for it; its exit status. The bridge, its child, goes with it."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, timeout)
         self.close()
         return int(self.proc.returncode)
 

@@ -128,7 +128,8 @@ def _http(method: str, url: str, body: bytes | None = None, timeout: float = 10.
         return int(exc.code), exc.read()
 
 
-def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+def terminate(proc: subprocess.Popen[Any] | None, timeout: float = 5.0) -> None:
+    """SIGTERM, ``timeout`` seconds to exit, then SIGKILL (idempotent; None or an exited process is left)."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)

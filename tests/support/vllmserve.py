@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.objectstores import free_port
+from tests.support.objectstores import free_port, terminate
 from tests.support.vllmenv import ROOT, vllm_env
 
 START_TIMEOUT = 240.0  # seconds; ~45 s here when the machine is otherwise idle
@@ -108,13 +108,7 @@ class VllmServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM, then SIGKILL for whatever of its session is left (idempotent)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, timeout)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # the engine core and anything else it started
         if not self._log.closed:
