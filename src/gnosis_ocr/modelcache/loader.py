@@ -167,5 +167,5 @@ def load_processor_parts(resolved: ResolvedModel) -> tuple[Any, Any]:
     from transformers import AutoImageProcessor, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-    image_processor = AutoImageProcessor.from_pretrained(resolved.path)  # type: ignore[no-untyped-call]
+    image_processor = AutoImageProcessor.from_pretrained(resolved.path)  # type: ignore[no-untyped-call, unused-ignore]  # typed from transformers 5.25
     return tokenizer, image_processor
